@@ -1,0 +1,162 @@
+"""Django admin for support staff. Every change a staff member makes is audited."""
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from portal import services
+from portal.audit import Actor, audit_record
+from portal.models import AuditEvent, Invitation, Membership, Organization, User
+
+
+def _organization_of(obj):
+    if isinstance(obj, Organization):
+        return obj
+    return getattr(obj, "organization", None)
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Record each staff addition, change and deletion as an audit event."""
+
+    def _audit(self, request, obj, action: str, metadata: dict):
+        audit_record(
+            actor=Actor.staff(request),
+            organization=_organization_of(obj),
+            action=f"staff.{action}",
+            target=obj,
+            metadata=metadata,
+        )
+
+    def log_addition(self, request, obj, message):
+        self._audit(request, obj, "created", {"object": str(obj)})
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        self._audit(request, obj, "changed", {"object": str(obj), "change": str(message)[:2000]})
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            self._audit(request, obj, "deleted", {"object": str(obj)})
+        return super().log_deletions(request, queryset)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(AuditedAdmin):
+    list_display = ["name", "slug", "status", "require_mfa", "created_at"]
+    list_filter = ["status", "require_mfa"]
+    search_fields = ["name", "slug", "memberships__user__email"]
+    readonly_fields = ["created_at"]
+    inlines = [MembershipInline]
+    actions = ["suspend", "reactivate"]
+
+    def save_model(self, request, obj, form, change):
+        if change and "status" in form.changed_data:
+            # Status changes go through the service so that the edge hears of them.
+            new_status = obj.status
+            obj.status = form.initial["status"]
+            super().save_model(request, obj, form, change)
+            services.organization_set_status(actor=Actor.staff(request), organization=obj, status=new_status)
+            obj.refresh_from_db()
+        else:
+            super().save_model(request, obj, form, change)
+
+    @admin.action(description="Suspend selected organizations")
+    def suspend(self, request, queryset):
+        for organization in queryset:
+            services.organization_set_status(
+                actor=Actor.staff(request), organization=organization, status=Organization.Status.SUSPENDED
+            )
+
+    @admin.action(description="Reactivate selected organizations")
+    def reactivate(self, request, queryset):
+        for organization in queryset:
+            services.organization_set_status(
+                actor=Actor.staff(request), organization=organization, status=Organization.Status.ACTIVE
+            )
+
+
+@admin.register(User)
+class UserAdmin(AuditedAdmin, BaseUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "name", "is_staff", "is_active", "date_joined", "last_login"]
+    list_filter = ["is_staff", "is_superuser", "is_active"]
+    search_fields = ["email", "name"]
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Profile", {"fields": ("name",)}),
+        ("Access", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+    readonly_fields = ["last_login", "date_joined"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(AuditedAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "organization__name", "organization__slug"]
+    autocomplete_fields = ["user", "organization"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(AuditedAdmin):
+    list_display = ["email", "organization", "role", "state", "created_at", "expires_at"]
+    list_filter = ["role"]
+    search_fields = ["email", "organization__name", "organization__slug"]
+    readonly_fields = [
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
+    exclude = ["token_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Revoke selected invitations")
+    def revoke(self, request, queryset):
+        for invitation in queryset:
+            if invitation.accepted_at is None:
+                services.invitation_revoke(actor=Actor.staff(request), invitation=invitation)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "action",
+        "actor_label",
+        "actor_type",
+        "organization",
+        "target_type",
+        "target_id",
+        "ip_address",
+    ]
+    list_filter = ["actor_type", "action"]
+    search_fields = ["action", "actor_label", "target_id", "organization__slug"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,63 @@
+"""Reads, always scoped to a tenant."""
+
+from django.db.models import QuerySet
+
+from portal.models import AuditEvent, Invitation, Membership, Organization
+
+
+def organizations_for_user(*, user) -> QuerySet[Organization]:
+    return Organization.objects.filter(memberships__user=user).order_by("name")
+
+
+def membership_for(*, user, organization_slug: str) -> Membership | None:
+    """Return the user's membership in the organization, or None if not a member."""
+    if not user.is_authenticated:
+        return None
+    return (
+        Membership.objects.all_tenants()
+        .select_related("organization")
+        .filter(user=user, organization__slug=organization_slug)
+        .first()
+    )
+
+
+def members_list(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.for_organization(organization).select_related("user").order_by("user__email")
+
+
+def membership_get(*, organization: Organization, membership_id) -> Membership | None:
+    return members_list(organization=organization).filter(pk=membership_id).first()
+
+
+def invitations_list(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.for_organization(organization).select_related("invited_by")
+
+
+def invitation_get(*, organization: Organization, invitation_id) -> Invitation | None:
+    return invitations_list(organization=organization).filter(pk=invitation_id).first()
+
+
+def audit_events_list(
+    *,
+    organization: Organization,
+    action: str = "",
+    actor: str = "",
+    since=None,
+    until=None,
+) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(organization=organization)
+    if action:
+        events = events.filter(action__startswith=action)
+    if actor:
+        events = events.filter(actor_label__icontains=actor)
+    if since:
+        events = events.filter(created_at__gte=since)
+    if until:
+        events = events.filter(created_at__lt=until)
+    return events
+
+
+def user_has_mfa(*, user) -> bool:
+    from allauth.mfa.models import Authenticator
+
+    return Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists()
