@@ -58,7 +58,15 @@ def env_list(name: str, default=_MISSING) -> list[str]:
     value = _raw(name, default)
     if value is None:
         return list(default)
-    return [item.strip() for item in value.split(",") if item.strip()]
+    if not value.strip():
+        return []
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        # A stray comma usually means a value went missing while editing; say so at start-up.
+        raise ImproperlyConfigured(
+            f"{name} must be a comma-separated list without empty items, got {value!r}"
+        )
+    return items
 
 
 def env_url(name: str, default=_MISSING, *, schemes: tuple[str, ...]) -> str:

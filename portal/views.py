@@ -1,6 +1,7 @@
 """Console pages for tenancy: thin views over portal.services and portal.selectors."""
 
 import csv
+import json
 from datetime import datetime, time, timedelta
 
 from django.conf import settings
@@ -34,7 +35,9 @@ from portal.roles import Perm, Role
 
 def ratelimited(request, exception):
     """Answer a request that django-ratelimit refused."""
-    return render(request, "429.html", status=429, headers={"Retry-After": "60"})
+    response = render(request, "429.html", status=429)
+    response["Retry-After"] = "60"
+    return response
 
 
 @login_required
@@ -296,7 +299,7 @@ class AuditExportView(OrganizationMixin, View):
                         event.target_id,
                         event.ip_address or "",
                         event.user_agent,
-                        event.metadata,
+                        json.dumps(event.metadata, sort_keys=True),
                     ]
                 )
 

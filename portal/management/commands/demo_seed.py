@@ -1,0 +1,108 @@
+"""Seed the demo: an owner, the "Demo Inc" organization and a staff admin. Safe to run again."""
+
+import os
+import secrets
+from pathlib import Path
+
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from portal import services
+from portal.audit import Actor
+from portal.env import env_str
+from portal.errors import DomainError
+from portal.models import Membership, Organization, User
+from portal.roles import Role
+
+OWNER_EMAIL = "demo@tollgate.local"
+ADMIN_EMAIL = "admin@tollgate.local"
+ORGANIZATION_NAME = "Demo Inc"
+ORGANIZATION_SLUG = "demo"
+
+
+def demo_password(*, path: Path) -> str:
+    """Return DEMO_PASSWORD, else the password stored at ``path``, else a new one stored there."""
+    password = env_str("DEMO_PASSWORD", "")
+    if password:
+        return password
+    if path.exists():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    password = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def _user_ensure(*, email: str, password: str, superuser: bool) -> User:
+    user = User.objects.filter(email=email).first()
+    if user is None:
+        create = User.objects.create_superuser if superuser else User.objects.create_user
+        user = create(email=email, password=password)
+    else:
+        # The printed credentials must work, even after someone changed the password.
+        changed = []
+        if not user.check_password(password):
+            user.set_password(password)
+            changed.append("password")
+        for flag in ("is_active", *(("is_staff", "is_superuser") if superuser else ())):
+            if not getattr(user, flag):
+                setattr(user, flag, True)
+                changed.append(flag)
+        if changed:
+            user.save(update_fields=changed)
+    # Sign-up requires a verified address before login; the demo users skip the email round trip.
+    address, _ = EmailAddress.objects.get_or_create(
+        user=user, email=email, defaults={"verified": True, "primary": True}
+    )
+    if not (address.verified and address.primary):
+        address.verified = address.primary = True
+        address.save(update_fields=["verified", "primary"])
+    return user
+
+
+def _organization_ensure(*, owner: User) -> Organization:
+    organization = Organization.objects.filter(slug=ORGANIZATION_SLUG).first()
+    if organization is None:
+        return services.organization_create(
+            actor=Actor(user=owner), name=ORGANIZATION_NAME, slug=ORGANIZATION_SLUG
+        )
+    is_owner = Membership.objects.for_organization(organization).filter(user=owner, role=Role.OWNER).exists()
+    if not is_owner:
+        raise CommandError(
+            f"The organization {ORGANIZATION_SLUG!r} exists and {OWNER_EMAIL} is not its owner; "
+            "this database holds other data. Seed an empty database instead."
+        )
+    return organization
+
+
+class Command(BaseCommand):
+    help = "Create the demo owner, the Demo Inc organization and a staff admin; print their credentials."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--password-file",
+            type=Path,
+            default=settings.BASE_DIR / ".run" / "demo_password",
+            help="Where the generated password is kept when DEMO_PASSWORD is not set.",
+        )
+
+    def handle(self, *args, password_file: Path, **options):
+        password = demo_password(path=password_file)
+        try:
+            with transaction.atomic():
+                owner = _user_ensure(email=OWNER_EMAIL, password=password, superuser=False)
+                _user_ensure(email=ADMIN_EMAIL, password=password, superuser=True)
+                organization = _organization_ensure(owner=owner)
+        except DomainError as error:
+            raise CommandError(error.message) from error
+        self.stdout.write(
+            f"Demo organization  {organization.name}  {settings.SITE_URL}/o/{organization.slug}/\n"
+            f"Owner (console)    {OWNER_EMAIL}  password: {password}\n"
+            f"Staff (admin)      {ADMIN_EMAIL}  password: {password}  {settings.SITE_URL}/admin/"
+        )

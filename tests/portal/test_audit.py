@@ -1,0 +1,160 @@
+import csv
+import io
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from portal.audit import Actor, audit_record
+from portal.models import AuditEvent, Membership, Organization
+from portal.roles import Role
+from tests.factories import PASSWORD, add_member, make_org, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_audit_events_cannot_be_updated_or_deleted():
+    event = audit_record(actor=Actor.system(), action="test.event")
+    event.action = "changed"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        event.delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.filter(pk=event.pk).update(action="x")
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.filter(pk=event.pk).delete()
+    # Even raw SQL is refused by the database trigger.
+    for sql in ("UPDATE portal_auditevent SET action = 'x'", "DELETE FROM portal_auditevent"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+    assert AuditEvent.objects.get(pk=event.pk).action == "test.event"
+
+
+def test_security_relevant_actions_each_write_one_audit_event(client, django_capture_on_commit_callbacks):
+    owner = make_user("owner@example.com")
+    organization = make_org(owner, name="Audited")
+    client.post("/accounts/login/", {"login": "owner@example.com", "password": "wrong"})
+    client.post("/accounts/login/", {"login": "owner@example.com", "password": PASSWORD})
+    client.post(f"/o/{organization.slug}/settings/", {"name": "Audited Inc", "require_mfa": ""})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/o/{organization.slug}/members/", {"email": "new@example.com", "role": "viewer"})
+    member = add_member(organization, Role.VIEWER)
+    membership = Membership.objects.for_organization(organization).get(user=member)
+    client.post(f"/o/{organization.slug}/members/{membership.pk}/role/", {"role": "developer"})
+    client.post(f"/o/{organization.slug}/members/{membership.pk}/remove/")
+
+    actions = list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+    assert actions == [
+        "organization.created",
+        "user.login_failed",
+        "user.login",
+        "organization.updated",
+        "member.invited",
+        "member.role_changed",
+        "member.removed",
+    ]
+    updated = AuditEvent.objects.get(action="organization.updated")
+    assert updated.metadata == {"changes": {"name": ["Audited", "Audited Inc"]}}
+    assert updated.actor == owner and updated.ip_address == "127.0.0.1"
+    failed = AuditEvent.objects.get(action="user.login_failed")
+    assert failed.metadata == {"email": "owner@example.com"} and failed.actor is None
+
+
+def test_audit_page_filters_and_csv_export(client):
+    owner = make_user("owner@example.com")
+    organization = make_org(owner)
+    other = make_org()
+    audit_record(
+        actor=Actor(user=owner), organization=organization, action="member.invited", metadata={"n": 1}
+    )
+    audit_record(actor=Actor.system(), organization=other, action="member.invited")
+    client.force_login(owner)
+    page = client.get(f"/o/{organization.slug}/audit/", {"action": "member."}).content.decode()
+    assert page.count("<code>member.invited</code>") == 1
+    assert "organization.created" not in page
+
+    response = client.get(f"/o/{organization.slug}/audit.csv")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv"
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0] == [
+        "time",
+        "action",
+        "actor",
+        "actor_type",
+        "target_type",
+        "target_id",
+        "ip",
+        "user_agent",
+        "metadata",
+    ]
+    assert sorted(row[1] for row in rows[1:]) == ["member.invited", "organization.created"]
+
+
+def test_admin_status_change_is_audited_as_staff(client):
+    staff = make_user("staff@example.com")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    organization = make_org(name="Customer")
+    client.force_login(staff)
+    response = client.post(
+        "/admin/portal/organization/",
+        {"action": "suspend", "_selected_action": [organization.pk]},
+    )
+    assert response.status_code == 302
+    assert Organization.objects.get(pk=organization.pk).status == Organization.Status.SUSPENDED
+    event = AuditEvent.objects.get(action="organization.status_changed")
+    assert (event.actor, event.actor_type, event.organization) == (staff, "staff", organization)
+    assert event.metadata == {"from": "active", "to": "suspended"}
+
+
+def test_admin_search_finds_organization_by_member_email(client):
+    staff = make_user("staff@example.com")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    make_org(make_user("findme@example.com"), name="Findable")
+    make_org(name="Other")
+    client.force_login(staff)
+    response = client.get("/admin/portal/organization/", {"q": "findme@"})
+    assert response.status_code == 200
+    assert b"Findable" in response.content and b">Other" not in response.content
+
+
+def test_admin_cannot_change_or_delete_audit_events(client):
+    staff = make_user("staff@example.com")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    event = audit_record(actor=Actor.system(), action="test.event")
+    client.force_login(staff)
+    assert client.get(f"/admin/portal/auditevent/{event.pk}/delete/").status_code == 403
+    response = client.post(f"/admin/portal/auditevent/{event.pk}/change/", {"action": "x"})
+    assert response.status_code == 403
+    assert AuditEvent.objects.get(pk=event.pk).action == "test.event"
+
+
+def test_staff_edit_in_admin_writes_staff_audit_event(client):
+    staff = make_user("staff@example.com")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    organization = make_org()
+    membership = Membership.objects.for_organization(organization).get()
+    client.force_login(staff)
+    add_member(organization, Role.OWNER)  # so the first owner may be demoted
+    response = client.post(
+        f"/admin/portal/membership/{membership.pk}/change/",
+        {
+            "user": membership.user_id,
+            "organization": organization.pk,
+            "role": "admin",
+            "created_at_0": "2026-01-01",
+            "created_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    event = AuditEvent.objects.get(action="staff.changed")
+    assert (event.actor_type, event.organization, event.target_type) == (
+        "staff",
+        organization,
+        "portal.membership",
+    )
