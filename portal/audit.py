@@ -11,6 +11,7 @@ class Actor:
     type: str = AuditEvent.ActorType.USER
     ip: str | None = None
     user_agent: str = ""
+    name: str = ""
 
     @classmethod
     def from_request(cls, request, *, user=None) -> "Actor":
@@ -37,7 +38,7 @@ class Actor:
     def label(self) -> str:
         if self.user is not None:
             return self.user.email
-        return self.type
+        return self.name or self.type
 
 
 def client_ip(request) -> str | None:

@@ -9,8 +9,12 @@ app = Celery("tollgate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Periodic schedules live in code; later issues add their jobs here.
-app.conf.beat_schedule = {}
+# Periodic schedules live in code.
+app.conf.beat_schedule = {
+    "reconcile-edge-records": {"task": "keys.tasks.reconcile_edge_records", "schedule": 300.0},
+    "send-rotation-reminders": {"task": "keys.tasks.send_rotation_reminders", "schedule": 3600.0},
+    "purge-idempotency-records": {"task": "portal.tasks.purge_idempotency_records", "schedule": 3600.0},
+}
 
 
 @celeryd_init.connect

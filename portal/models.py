@@ -209,3 +209,24 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("audit events are append-only")
+
+
+class IdempotencyRecord(models.Model):
+    """The stored outcome of a POST made with an ``Idempotency-Key``.
+
+    ``lookup`` is an HMAC of the credential and the key, so the table never holds the key
+    itself; the response body is encrypted under a key derived from the Idempotency-Key,
+    so a replay can return a one-time secret again without the table being able to.
+    """
+
+    lookup = models.CharField(max_length=64, unique=True)
+    fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    response_body = models.BinaryField(null=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"idempotency {self.lookup[:12]}… ({self.response_status})"
+
+
+OrganizationStatus = Organization.Status  # a top-level name for the OpenAPI enum

@@ -21,6 +21,10 @@ def membership_for(*, user, organization_slug: str) -> Membership | None:
     )
 
 
+def memberships_of(*, user) -> QuerySet[Membership]:
+    return Membership.objects.all_tenants().select_related("organization").filter(user=user)
+
+
 def members_list(*, organization: Organization) -> QuerySet[Membership]:
     return Membership.objects.for_organization(organization).select_related("user").order_by("user__email")
 

@@ -14,6 +14,14 @@ from portal.emails import email_send
 from portal.errors import Conflict, DomainError, NotAllowed
 from portal.models import Invitation, Membership, Organization, User, invitation_token_hash
 from portal.roles import Role
+from portal.signals import organization_changed
+
+
+def _announce_change(organization: Organization) -> None:
+    organization_id = organization.pk
+    transaction.on_commit(
+        lambda: organization_changed.send(sender=Organization, organization_id=organization_id)
+    )
 
 
 def _assign_slug(name: str) -> str:
@@ -93,6 +101,7 @@ def organization_set_status(*, actor: Actor, organization: Organization, status:
                 target=organization,
                 metadata={"from": previous, "to": status},
             )
+            _announce_change(organization)
     return organization
 
 

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
@@ -164,6 +165,29 @@ RATELIMIT_INVITATION = env_str("RATELIMIT_INVITATION", "30/m")
 
 INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
 
+# --- API keys ---------------------------------------------------------------------------
+# The pepper keys the HMAC under which key secrets are stored; the edge needs the same value.
+KEY_PEPPER = env_str("KEY_PEPPER", "")
+if not KEY_PEPPER:
+    if not DEBUG:
+        raise ImproperlyConfigured("KEY_PEPPER is required when DEBUG is off (32+ random characters)")
+    KEY_PEPPER = "insecure-development-pepper-" + "p" * 16
+if len(KEY_PEPPER) < 32:
+    raise ImproperlyConfigured("KEY_PEPPER must be at least 32 characters")
+KEY_ROTATION_DEFAULT_GRACE_SECONDS = 24 * 3600
+KEY_ROTATION_MAX_GRACE_SECONDS = 7 * 24 * 3600
+EDGE_REDIS_URL = env_url("EDGE_REDIS_URL", None, schemes=("redis", "rediss", "unix"))
+
+# --- OAuth2 / OpenID Connect provider (machine tokens for the API) -----------------------
+IDP_OIDC_PRIVATE_KEY = env_str("OIDC_IDP_PRIVATE_KEY", "")
+_idp_key_file = env_str("OIDC_IDP_PRIVATE_KEY_FILE", "")
+if _idp_key_file:
+    try:
+        IDP_OIDC_PRIVATE_KEY = Path(_idp_key_file).read_text()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"OIDC_IDP_PRIVATE_KEY_FILE cannot be read: {exc}") from None
+IDP_OIDC_ACCESS_TOKEN_EXPIRES_IN = env_int("OIDC_IDP_ACCESS_TOKEN_SECONDS", 900, minimum=60)
+
 # --- Email ------------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
@@ -188,12 +212,47 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- REST API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.authentication.ServiceAccountTokenAuthentication",
+        "portal.api.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["portal.api.permissions.RolePermission"],
+    "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.CredentialRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"credential": env_str("API_RATE_LIMIT", "600/min")},
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.CursorPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "portal.api.problems.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
+API_IDEMPOTENCY_TTL_HOURS = env_int("API_IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",
     "DESCRIPTION": "Manage organizations, members, API keys and usage.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "oauth2": {
+                "type": "oauth2",
+                "flows": {"clientCredentials": {"tokenUrl": "/identity/o/api/token", "scopes": {}}},
+            }
+        }
+    },
+    "SECURITY": [{"oauth2": []}, {"cookieAuth": []}],
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "portal.roles.Role",
+        "OrganizationStatusEnum": "portal.models.OrganizationStatus",
+        "KeyStatusEnum": "keys.models.KeyStatus",
+        "KeyEnvironmentEnum": "keys.models.KeyEnvironment",
+    },
 }
 
 # --- Static files, i18n -----------------------------------------------------------------

@@ -9,3 +9,10 @@ def send_email(*, to: list[str], subject: str, body: str, html: str | None = Non
     if html:
         message.attach_alternative(html, "text/html")
     message.send()
+
+
+@shared_task
+def purge_idempotency_records() -> int:
+    from portal.api.idempotency import idempotency_purge
+
+    return idempotency_purge()

@@ -48,6 +48,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/", include("portal.api.urls")),
     path("accounts/login/", login_view, name="account_login"),
     path("accounts/signup/", signup_view, name="account_signup"),
     path("accounts/", include("allauth.urls")),

@@ -1,0 +1,143 @@
+"""Write key records to Redis for the edge, and keep Redis in step with Postgres."""
+
+import json
+import logging
+from functools import cache
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from keys import edge_record
+
+logger = logging.getLogger(__name__)
+BATCH = 500
+
+
+@cache
+def _pool(url: str) -> redis.ConnectionPool:
+    return redis.ConnectionPool.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def edge_redis() -> redis.Redis:
+    url = settings.EDGE_REDIS_URL or settings.REDIS_URL
+    return redis.Redis(connection_pool=_pool(url))
+
+
+def _write(pipe, key, secret, now) -> str:
+    name = edge_record.redis_key(secret.secret_hash)
+    if edge_record.is_gone(key, secret, now):
+        pipe.delete(name)
+    else:
+        pipe.set(name, json.dumps(edge_record.key_record(key, secret), separators=(",", ":")))
+        expiry = edge_record.record_expiry(key, secret)
+        if expiry is not None:
+            pipe.expireat(name, expiry)
+    return secret.secret_hash
+
+
+def keys_publish(key_ids: list[int]) -> int:
+    """Rewrite the records of these keys' secrets and tell every edge process. Return count."""
+    from django.utils import timezone
+
+    from keys.models import ApiKey
+
+    now = timezone.now()
+    published = 0
+    client = edge_redis()
+    for start in range(0, len(key_ids), BATCH):
+        keys = (
+            ApiKey.unscoped.filter(pk__in=key_ids[start : start + BATCH])
+            .select_related("organization")
+            .prefetch_related("secrets")
+        )
+        hashes = []
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                for secret in key.secrets.all():
+                    hashes.append(_write(pipe, key, secret, now))
+            if hashes:
+                pipe.publish(edge_record.INVALIDATE_CHANNEL, json.dumps({"v": 1, "hashes": hashes}))
+            pipe.execute()
+        published += len(hashes)
+    return published
+
+
+def key_publish_on_commit(key_id: int) -> None:
+    """Publish after the surrounding transaction commits; on failure the reconcile job repairs."""
+
+    def publish():
+        try:
+            keys_publish([key_id])
+        except redis.RedisError:
+            logger.exception("key publication failed; reconcile will repair", extra={"key_id": key_id})
+            from keys.tasks import publish_keys
+
+            publish_keys.apply_async(args=[[key_id]], countdown=5)
+
+    transaction.on_commit(publish)
+
+
+def organization_publish(organization_id: int) -> int:
+    from keys.models import ApiKey
+
+    ids = list(ApiKey.unscoped.filter(organization_id=organization_id).values_list("pk", flat=True))
+    return keys_publish(ids)
+
+
+def edge_sync() -> int:
+    """Rebuild every record from Postgres, then drop records Postgres does not know."""
+    from keys.models import ApiKey
+
+    ids = list(ApiKey.unscoped.order_by("pk").values_list("pk", flat=True))
+    written = keys_publish(ids)
+    edge_reconcile()
+    return written
+
+
+def edge_reconcile() -> dict:
+    """Compare Redis with Postgres in batches: delete unknown records, repair drifted ones."""
+    from django.utils import timezone
+
+    from keys.models import ApiKeySecret
+
+    client = edge_redis()
+    now = timezone.now()
+    removed = repaired = checked = 0
+    batch: list[bytes] = []
+
+    def flush(names: list[bytes]):
+        nonlocal removed, repaired, checked
+        hashes = [name.decode()[len(edge_record.KEY_PREFIX) :] for name in names]
+        secrets = {
+            secret.secret_hash: secret
+            for secret in ApiKeySecret.objects.filter(secret_hash__in=hashes).select_related(
+                "key__organization"
+            )
+        }
+        current = client.mget(names)
+        stale, drifted = [], []
+        for name, secret_hash, stored in zip(names, hashes, current, strict=True):
+            checked += 1
+            secret = secrets.get(secret_hash)
+            if secret is None or edge_record.is_gone(secret.key, secret, now):
+                stale.append(name)
+                continue
+            expected = edge_record.key_record(secret.key, secret)
+            if stored is None or json.loads(stored) != expected:
+                drifted.append(secret.key_id)
+        if stale:
+            client.delete(*stale)
+            removed += len(stale)
+        if drifted:
+            keys_publish(sorted(set(drifted)))
+            repaired += len(drifted)
+
+    for name in client.scan_iter(match=edge_record.KEY_PREFIX + "*", count=BATCH):
+        batch.append(name)
+        if len(batch) >= BATCH:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    return {"checked": checked, "removed": removed, "repaired": repaired}

@@ -1,0 +1,1 @@
+"""The management REST API's shared machinery: auth, tenancy, RBAC, errors, idempotency."""

@@ -1,0 +1,24 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from keys import api as keys_api
+from portal.api import views
+
+urlpatterns = [
+    path("v1/organization", views.OrganizationView.as_view(), name="api-organization"),
+    path("v1/members", views.MemberListView.as_view(), name="api-members"),
+    path("v1/members/<int:member_id>", views.MemberDetailView.as_view(), name="api-member"),
+    path("v1/invitations", views.InvitationListView.as_view(), name="api-invitations"),
+    path(
+        "v1/invitations/<int:invitation_id>/revoke",
+        views.InvitationRevokeView.as_view(),
+        name="api-invitation-revoke",
+    ),
+    path("v1/keys", keys_api.KeyListView.as_view(), name="api-keys"),
+    path("v1/keys/<str:key_id>", keys_api.KeyDetailView.as_view(), name="api-key"),
+    path("v1/keys/<str:key_id>/rotate", keys_api.KeyRotateView.as_view(), name="api-key-rotate"),
+    path("v1/keys/<str:key_id>/revoke", keys_api.KeyRevokeView.as_view(), name="api-key-revoke"),
+    path("v1/audit-events", views.AuditEventListView.as_view(), name="api-audit-events"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
