@@ -1,0 +1,44 @@
+# Tollgate: `make demo` runs it on this machine, `make test` checks it (CI runs the same).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check --quiet
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: test demo lint services chromium
+
+test: $(VENV)/.installed-dev services chromium lint
+	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
+	DEBUG=true $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(VENV)/bin/pytest -n 2
+
+demo: $(VENV)/.installed-runtime
+	bash scripts/demo.sh
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+services:
+	bash scripts/services.sh local
+
+# The browser tests drive Debian's Chromium; Playwright's own browser download is not used.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: reinstall only when a requirements file changed since the last install.
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt | $(PY)
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed-runtime: requirements.txt | $(PY)
+	$(PIP) -r requirements.txt
+	touch $@

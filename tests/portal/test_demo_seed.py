@@ -1,0 +1,166 @@
+import io
+
+import pytest
+from allauth.account.models import EmailAddress
+from django.core.management import CommandError, call_command
+
+from portal import services
+from portal.audit import Actor
+from portal.models import AuditEvent, Membership, Organization, User
+from tests.factories import make_user
+
+pytestmark = pytest.mark.django_db
+
+OWNER = "demo@tollgate.local"
+ADMIN = "admin@tollgate.local"
+
+
+def seed(password_file) -> str:
+    out = io.StringIO()
+    call_command("demo_seed", password_file=password_file, stdout=out)
+    return out.getvalue()
+
+
+def expected_output(password: str) -> str:
+    return (
+        "Demo organization  Demo Inc  http://testserver/o/demo/\n"
+        f"Owner (console)    {OWNER}  password: {password}\n"
+        f"Staff (admin)      {ADMIN}  password: {password}  http://testserver/admin/\n"
+    )
+
+
+def database_rows() -> dict:
+    return {
+        "users": list(
+            User.objects.order_by("email").values_list(
+                "pk", "email", "password", "is_active", "is_staff", "is_superuser"
+            )
+        ),
+        "organizations": list(Organization.objects.values_list("pk", "slug", "name", "status")),
+        "memberships": list(
+            Membership.objects.all_tenants().values_list("pk", "user__email", "organization__slug", "role")
+        ),
+        "emails": list(
+            EmailAddress.objects.order_by("email").values_list(
+                "pk", "user__email", "email", "verified", "primary"
+            )
+        ),
+        "audit": list(
+            AuditEvent.objects.order_by("pk").values_list("pk", "action", "actor_label", "target_id")
+        ),
+    }
+
+
+def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_credentials(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    password_file = tmp_path / "demo_password"
+
+    first = seed(password_file)
+    password = password_file.read_text().strip()
+    after_first = database_rows()
+    second = seed(password_file)
+
+    assert len(password) == 16
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert first == expected_output(password)
+    assert second == first
+    assert database_rows() == after_first
+
+    owner = User.objects.get(email=OWNER)
+    admin = User.objects.get(email=ADMIN)
+    organization = Organization.objects.get()
+    assert [row[1:] for row in after_first["users"]] == [
+        (ADMIN, admin.password, True, True, True),
+        (OWNER, owner.password, True, False, False),
+    ]
+    assert owner.check_password(password)
+    assert admin.check_password(password)
+    assert [row[1:] for row in after_first["organizations"]] == [("demo", "Demo Inc", "active")]
+    assert [row[1:] for row in after_first["memberships"]] == [(OWNER, "demo", "owner")]
+    assert [row[1:] for row in after_first["emails"]] == [
+        (ADMIN, ADMIN, True, True),
+        (OWNER, OWNER, True, True),
+    ]
+    assert [row[1:] for row in after_first["audit"]] == [
+        ("organization.created", OWNER, str(organization.pk)),
+    ]
+
+
+def test_seed_uses_demo_password_from_the_environment_and_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "chosen-demo-password-9")
+    password_file = tmp_path / "demo_password"
+
+    output = seed(password_file)
+
+    assert output == expected_output("chosen-demo-password-9")
+    assert not password_file.exists()
+    assert User.objects.get(email=OWNER).check_password("chosen-demo-password-9")
+    assert User.objects.get(email=ADMIN).check_password("chosen-demo-password-9")
+
+
+def test_seed_restores_the_printed_password_after_it_was_changed(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    password_file = tmp_path / "demo_password"
+    seed(password_file)
+    password = password_file.read_text().strip()
+    owner = User.objects.get(email=OWNER)
+    owner.set_password("someone-else-chose-this-1")
+    owner.save()
+
+    output = seed(password_file)
+
+    assert output == expected_output(password)
+    owner.refresh_from_db()
+    assert owner.check_password(password)
+    assert User.objects.count() == 2
+    assert Organization.objects.count() == 1
+
+
+def test_seeded_owner_logs_in_to_the_demo_organization(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "chosen-demo-password-9")
+    seed(tmp_path / "demo_password")
+
+    login = client.post("/accounts/login/", {"login": OWNER, "password": "chosen-demo-password-9"})
+    home = client.get("/")
+    dashboard = client.get("/o/demo/")
+
+    assert login.status_code == 302
+    assert login["Location"] == "/"
+    assert home.status_code == 302
+    assert home["Location"] == "/o/demo/"
+    assert dashboard.status_code == 200
+    assert dashboard.context["organization"].slug == "demo"
+    assert dashboard.context["membership"].role == "owner"
+
+
+def test_seeded_admin_logs_in_to_the_django_admin(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "chosen-demo-password-9")
+    seed(tmp_path / "demo_password")
+
+    login = client.post(
+        "/admin/login/?next=/admin/", {"username": ADMIN, "password": "chosen-demo-password-9"}
+    )
+    index = client.get("/admin/")
+
+    assert login.status_code == 302
+    assert login["Location"] == "/admin/"
+    assert index.status_code == 200
+    assert index.context["user"].email == ADMIN
+
+
+def test_seed_refuses_a_demo_organization_that_belongs_to_someone_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "chosen-demo-password-9")
+    stranger = make_user("stranger@example.com")
+    services.organization_create(actor=Actor(user=stranger), name="Not the demo", slug="demo")
+
+    with pytest.raises(CommandError) as error:
+        seed(tmp_path / "demo_password")
+
+    assert str(error.value) == (
+        "The organization 'demo' exists and demo@tollgate.local is not its owner; "
+        "this database holds other data. Seed an empty database instead."
+    )
+    assert list(User.objects.values_list("email", flat=True)) == ["stranger@example.com"]
+    assert list(Organization.objects.values_list("slug", "name")) == [("demo", "Not the demo")]
