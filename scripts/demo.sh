@@ -58,6 +58,24 @@ export DATABASE_URL REDIS_URL
 export DEBUG=true
 SECRET_KEY="$(cat "$RUN_DIR/secret_key")"
 export SECRET_KEY
+if [[ ! -s "$RUN_DIR/key_pepper" ]]; then
+	(umask 077 && "$VENV_PYTHON" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$RUN_DIR/key_pepper")
+fi
+KEY_PEPPER="$(cat "$RUN_DIR/key_pepper")"
+export KEY_PEPPER
+# The portal's own OAuth2/OIDC provider signs tokens with this key (service accounts).
+if [[ ! -s "$RUN_DIR/oidc_idp_key.pem" ]]; then
+	(umask 077 && "$VENV_PYTHON" - >"$RUN_DIR/oidc_idp_key.pem" <<'PY'
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+print(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                        serialization.NoEncryption()).decode(), end="")
+PY
+	)
+fi
+export OIDC_IDP_PRIVATE_KEY_FILE="$RUN_DIR/oidc_idp_key.pem"
 export EMAIL_BACKEND=django.core.mail.backends.console.EmailBackend
 export SITE_URL=http://localhost:8000
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
