@@ -1,0 +1,788 @@
+"""The edge: plain ASGI in front of OpenAI-compatible model servers.
+
+Per request: check the key's shape and checksum (no I/O), find its record (in-process
+cache, else Redis), check model, address and standing, admit it against limits and budgets
+(one Redis script), proxy it to an upstream (streaming both ways), then, off the response
+path, settle the limits and emit one usage event (or spool it when Redis is down).
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from edge import keyformat, metrics
+from edge.config import EdgeConfig, Route, Upstream
+from edge.errors import EdgeError, invalid_key
+from edge.limits import Admission, Limiter, Refusal
+from edge.metering import (
+    SSEUsage,
+    count_tokens,
+    estimate_prompt_tokens,
+    max_output_tokens,
+    new_event,
+    output_text,
+    prompt_text,
+    usage_from,
+)
+from edge.records import (
+    INVALIDATE_CHANNEL,
+    KEY_PREFIX,
+    PRICE_PREFIX,
+    KeyRecord,
+    Price,
+    RecordError,
+    parse_key_record,
+    parse_price,
+)
+from edge.spool import Spool
+
+logger = logging.getLogger("tollgate.edge")
+
+USAGE_STREAM = "tg:usage"
+PROXIED = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"trailers",
+    b"transfer-encoding",
+    b"upgrade",
+}
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"authorization", b"x-api-key", b"content-length", b"accept-encoding"}
+NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"server", b"date"}
+JSON = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class _CacheEntry:
+    record: KeyRecord | None
+    at: float
+
+
+class AuthCache:
+    """A bounded LRU of key records (None = known unknown), dropped on invalidation."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[str, _CacheEntry] = OrderedDict()
+
+    def get(self, secret_hash: str) -> _CacheEntry | None:
+        entry = self._data.get(secret_hash)
+        if entry is not None:
+            self._data.move_to_end(secret_hash)
+        return entry
+
+    def put(self, secret_hash: str, record: KeyRecord | None) -> None:
+        self._data[secret_hash] = _CacheEntry(record, time.monotonic())
+        self._data.move_to_end(secret_hash)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def drop(self, hashes) -> None:
+        for secret_hash in hashes:
+            self._data.pop(secret_hash, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class UpstreamPool:
+    """Least in-flight requests per unit of weight; ties broken at random."""
+
+    def __init__(self):
+        self.inflight: dict[str, int] = {}
+
+    def order(self, route: Route) -> list[Upstream]:
+        def load(upstream: Upstream) -> tuple[float, float]:
+            return (self.inflight.get(upstream.url, 0) / upstream.weight, random.random())
+
+        return sorted(route.upstreams, key=load)
+
+
+class Edge:
+    def __init__(self, config: EdgeConfig):
+        self.config = config
+        self.cache = AuthCache(config.auth_cache_size)
+        self.prices: dict[str, tuple[Price | None, float]] = {}
+        self.pool = UpstreamPool()
+        self.redis: aioredis.Redis | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.limiter: Limiter | None = None
+        self.spool = Spool(config.spool_dir, fsync_ms=config.spool_fsync_ms)
+        self._tasks: set[asyncio.Task] = set()
+        self._background: list[asyncio.Task] = []
+        self.redis_ok = True
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.redis = aioredis.Redis.from_url(
+            self.config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
+        )
+        self.limiter = Limiter(self.redis, self.config.lease_ttl_seconds)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Content-Type")
+        )
+        self._background = [
+            asyncio.create_task(self._listen_invalidations()),
+            asyncio.create_task(self.spool.run_fsync()),
+            asyncio.create_task(self._replay_spool()),
+        ]
+
+    async def shutdown(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for task in self._background:
+            task.cancel()
+        self.spool.close()
+        if self.session is not None:
+            await self.session.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def _listen_invalidations(self) -> None:
+        """Drop cache entries named on tg:invalidate; clear all after a lost connection."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(INVALIDATE_CHANNEL)
+                self.cache.clear()  # anything may have changed while we were not listening
+                self.prices.clear()
+                async for message in pubsub.listen():
+                    try:
+                        data = orjson.loads(message["data"])
+                    except (orjson.JSONDecodeError, TypeError):
+                        continue
+                    self.cache.drop(data.get("hashes") or [])
+                    for model in data.get("prices") or []:
+                        self.prices.pop(model, None)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except (RedisError, OSError):
+                    pass
+
+    async def _replay_spool(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            if not self.spool.has_backlog():
+                continue
+            try:
+                await self.redis.ping()
+                await self.spool.replay(self._xadd_batch)
+                metrics.SPOOL_PENDING.set(self.spool.pending)
+            except (RedisError, OSError):
+                continue
+
+    async def _xadd_batch(self, events: list[dict]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
+            await pipe.execute()
+
+    # --- ASGI -----------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope, receive, send):
+        started = time.perf_counter()
+        path = scope["path"]
+        method = scope["method"]
+        request_id = _header(scope, b"x-request-id") or new_event_id()
+        try:
+            if path in PROXIED:
+                if method != "POST":
+                    raise EdgeError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+                await self.proxy(scope, receive, send, PROXIED[path], request_id, started)
+                return
+            if path == "/v1/models" and method == "GET":
+                record = await self.authenticate(scope)
+                await _respond(send, 200, self.models_body(record), request_id)
+            elif path == "/healthz":
+                await _respond(send, 200, b'{"status":"ok"}', request_id)
+            elif path == "/readyz":
+                await self.readyz(send, request_id)
+            elif path == "/metrics":
+                await _respond(
+                    send, 200, metrics.render(), request_id, content_type=b"text/plain; version=0.0.4"
+                )
+            else:
+                raise EdgeError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+        except EdgeError as error:
+            await _respond(send, error.status, error.body(), request_id, extra=error.headers)
+
+    async def readyz(self, send, request_id):
+        try:
+            await self.redis.ping()
+            await _respond(send, 200, b'{"status":"ok","redis":"ok"}', request_id)
+        except (RedisError, OSError):
+            await _respond(send, 503, b'{"status":"unavailable","redis":"error"}', request_id)
+
+    def models_body(self, record: KeyRecord) -> bytes:
+        names = sorted(
+            {
+                route.pattern
+                for route in self.config.routes
+                if not any(ch in route.pattern for ch in "*?[") and record.allows_model(route.pattern)
+            }
+        )
+        return orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in names
+                ],
+            }
+        )
+
+    # --- authentication ---------------------------------------------------------------
+    async def authenticate(self, scope) -> KeyRecord:
+        token = _bearer(scope)
+        if token is None:
+            raise EdgeError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        if not keyformat.is_well_formed(token):
+            raise invalid_key(
+                "Incorrect API key provided: it is not a Tollgate key (tg_live_… or tg_test_…)."
+            )
+        secret_hash = keyformat.key_hash(token, self.config.pepper)
+        entry = self.cache.get(secret_hash)
+        now = time.monotonic()
+        if entry is not None and now - entry.at < self.config.auth_cache_ttl:
+            metrics.AUTH_CACHE.labels("hit").inc()
+            record = entry.record
+        else:
+            try:
+                raw = await self.redis.get(KEY_PREFIX + secret_hash)
+                record = parse_key_record(raw) if raw is not None else None
+                self.cache.put(secret_hash, record)
+                metrics.AUTH_CACHE.labels("miss").inc()
+            except (RedisError, OSError):
+                if entry is not None and now - entry.at < self.config.stale_auth_seconds:
+                    metrics.AUTH_CACHE.labels("stale").inc()
+                    record = entry.record
+                else:
+                    raise EdgeError(
+                        503,
+                        "The key store is unreachable; retry shortly.",
+                        type="server_error",
+                        code="service_unavailable",
+                        headers=[(b"retry-after", b"1")],
+                    ) from None
+            except RecordError:
+                logger.exception("unreadable key record")
+                record = None
+        if record is None:
+            raise invalid_key()
+        reason = record.refusal()
+        if reason == "revoked":
+            raise invalid_key("This API key has been revoked.")
+        if reason == "expired":
+            raise invalid_key("This API key has expired.")
+        if reason == "rotated":
+            raise invalid_key(
+                "This API key secret was rotated and its grace period has ended. Use the new secret."
+            )
+        if reason == "suspended":
+            raise EdgeError(
+                402,
+                "Your organization is suspended. Settle the outstanding balance in the Tollgate console to resume.",
+                type="insufficient_quota",
+                code="organization_suspended",
+            )
+        client_ip = self._client_ip(scope)
+        if not record.allows_ip(client_ip):
+            raise EdgeError(
+                403,
+                f"Requests from {client_ip} are not allowed for this API key.",
+                type="permission_error",
+                code="ip_not_allowed",
+            )
+        return record
+
+    def _client_ip(self, scope) -> str | None:
+        if self.config.trust_forwarded_for:
+            forwarded = _header(scope, b"x-forwarded-for")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        client = scope.get("client")
+        return client[0] if client else None
+
+    async def price(self, model: str) -> Price | None:
+        cached = self.prices.get(model)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < 30:
+            return cached[0]
+        try:
+            raw = await self.redis.get(PRICE_PREFIX + model)
+            price = parse_price(raw) if raw is not None else None
+        except (RedisError, OSError, RecordError):
+            return cached[0] if cached is not None else None
+        self.prices[model] = (price, now)
+        return price
+
+    # --- proxying -----------------------------------------------------------------------
+    async def proxy(self, scope, receive, send, endpoint: str, request_id: str, started: float):
+        record = await self.authenticate(scope)
+        body = await _read_body(receive, self.config.body_limit_bytes)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise EdgeError(
+                400, "We could not parse the JSON body of your request.", code="invalid_json"
+            ) from None
+        if not isinstance(payload, dict):
+            raise EdgeError(400, "The request body must be a JSON object.", code="invalid_json")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise EdgeError(400, "You must provide a model parameter.", param="model", code="missing_model")
+        route = self.config.route_for(model)
+        if route is None:
+            raise EdgeError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        if not record.allows_model(model):
+            raise EdgeError(
+                403,
+                f"This API key is not allowed to use the model `{model}`.",
+                type="permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
+        stream = bool(payload.get("stream")) and endpoint != "embeddings"
+        client_wants_usage = False
+        if stream:
+            options = payload.get("stream_options")
+            client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            if not client_wants_usage:
+                payload["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+                body = orjson.dumps(payload)
+        estimated_prompt = estimate_prompt_tokens(payload)
+        estimated_output = (
+            0 if endpoint == "embeddings" else max_output_tokens(payload, self.config.default_max_tokens)
+        )
+        price = await self.price(model)
+        reserved = price.cost_micro_minor(estimated_prompt, estimated_output) if price else 0
+        admission = await self._admit(record, estimated_prompt + estimated_output, reserved)
+        exchange = _Exchange(
+            edge=self,
+            record=record,
+            endpoint=endpoint,
+            model=model,
+            payload=payload,
+            stream=stream,
+            drop_usage_chunk=stream and not client_wants_usage,
+            admission=admission,
+            price=price,
+            request_id=request_id,
+            started=started,
+            started_wall=time.time(),
+        )
+        await exchange.run(scope, receive, send, route, body)
+
+    async def _admit(self, record: KeyRecord, tokens: int, cost: int) -> Admission | None:
+        try:
+            result = await self.limiter.admit(record, estimated_tokens=tokens, reserved_cost=cost)
+        except (RedisError, OSError):
+            # Redis is down: a known key keeps working from the cache; limits resume with it.
+            return None
+        if isinstance(result, Refusal):
+            metrics.REFUSALS.labels(result.scope, result.kind).inc()
+            raise _refusal_error(result)
+        return result
+
+    def finish(self, event: dict, admission: Admission | None) -> None:
+        """Settle limits and publish the usage event in the background."""
+        task = asyncio.create_task(self._publish(event, admission))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, event: dict, admission: Admission | None) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if admission is not None:
+                    keys, args = self.limiter.settle_args(
+                        admission,
+                        tokens=event["input_tokens"] + event["output_tokens"],
+                        cost=event["cost_micro_minor"],
+                    )
+                    await self.limiter._settle(keys=keys, args=args, client=pipe)
+                pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
+                hour = event["ended_at_ms"] // 3_600_000
+                served = f"tg:served:{{o:{event['org_id']}}}:{hour}"
+                pipe.hincrby(served, f"{event['key_id']}:requests", 1)
+                pipe.hincrby(
+                    served, f"{event['key_id']}:tokens", event["input_tokens"] + event["output_tokens"]
+                )
+                pipe.expire(served, 8 * 24 * 3600)
+                await pipe.execute()
+        except (RedisError, OSError):
+            metrics.PUBLISH_FAILURES.inc()
+            self.spool.append(event)
+            metrics.SPOOLED.inc()
+            metrics.SPOOL_PENDING.set(self.spool.pending)
+
+
+class _Exchange:
+    """One proxied request: upstream choice and failover, streaming, and its usage event."""
+
+    def __init__(
+        self,
+        *,
+        edge: Edge,
+        record,
+        endpoint,
+        model,
+        payload,
+        stream,
+        drop_usage_chunk,
+        admission,
+        price,
+        request_id,
+        started,
+        started_wall,
+    ):
+        self.edge = edge
+        self.record = record
+        self.endpoint = endpoint
+        self.model = model
+        self.payload = payload
+        self.stream = stream
+        self.drop_usage_chunk = drop_usage_chunk
+        self.admission = admission
+        self.price = price
+        self.request_id = request_id
+        self.started = started
+        self.started_wall = started_wall
+        self.status = 0
+        self.usage: tuple[int, int, int] | None = None
+        self.text = ""
+        self.first_byte: float | None = None
+        self.upstream_started: float | None = None
+        self.upstream_url = ""
+        self.disconnected = False
+
+    async def run(self, scope, receive, send, route: Route, body: bytes):
+        headers = self._upstream_headers(scope)
+        response = await self._connect(route, body, headers)
+        task = asyncio.current_task()
+        watcher = asyncio.create_task(_watch_disconnect(receive, task))
+        try:
+            await self._relay(response, send)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled() or not watcher.result():
+                raise
+            self.disconnected = True
+            # Swallow only the cancellation that the client's disconnect caused.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        finally:
+            watcher.cancel()
+            response.release()
+            self.edge.pool.inflight[self.upstream_url] -= 1
+            self._meter()
+
+    def _upstream_headers(self, scope) -> dict[str, str]:
+        headers = {}
+        for name, value in scope["headers"]:
+            if name not in NOT_FORWARDED:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        headers["x-request-id"] = self.request_id
+        if "traceparent" not in headers:
+            headers["traceparent"] = f"00-{new_event_id().replace('-', '')}-{random.getrandbits(64):016x}-01"
+        headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"
+        return headers
+
+    async def _connect(self, route: Route, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send the request, trying the next upstream on a connection failure or 502/503."""
+        edge = self.edge
+        path = "/v1/" + self.endpoint.replace(".", "/")
+        last_error: EdgeError | None = None
+        candidates = edge.pool.order(route)
+        for attempt, upstream in enumerate(candidates):
+            if attempt:
+                metrics.UPSTREAM_FAILOVERS.inc()
+            send_headers = dict(headers)
+            if upstream.api_key:
+                send_headers["authorization"] = f"Bearer {upstream.api_key}"
+            edge.pool.inflight[upstream.url] = edge.pool.inflight.get(upstream.url, 0) + 1
+            self.upstream_url = upstream.url
+            self.upstream_started = time.perf_counter()
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
+            )
+            try:
+                response = await edge.session.post(
+                    upstream.url + path, data=body, headers=send_headers, timeout=timeout
+                )
+            except TimeoutError:
+                edge.pool.inflight[upstream.url] -= 1
+                last_error = EdgeError(
+                    504,
+                    "The model server did not answer in time.",
+                    type="server_error",
+                    code="upstream_timeout",
+                )
+                continue
+            except (aiohttp.ClientError, OSError):
+                edge.pool.inflight[upstream.url] -= 1
+                last_error = EdgeError(
+                    502,
+                    "The model server could not be reached.",
+                    type="server_error",
+                    code="upstream_unavailable",
+                )
+                continue
+            if response.status in (502, 503) and attempt < len(candidates) - 1:
+                response.release()
+                edge.pool.inflight[upstream.url] -= 1
+                continue
+            return response
+        self.status = last_error.status
+        self._meter()
+        raise last_error
+
+    async def _relay(self, response: aiohttp.ClientResponse, send):
+        self.status = response.status
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in response.headers.items()
+            if name.lower().encode("latin-1") not in NOT_RETURNED
+        ]
+        headers.append((b"x-request-id", self.request_id.encode()))
+        if self.admission is not None:
+            headers += self.admission.headers
+        is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        if not is_sse:
+            data = await response.read()
+            self.first_byte = time.perf_counter()
+            headers.append((b"content-length", str(len(data)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+            self._read_json_usage(data)
+            return
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        sse = SSEUsage(drop_usage_chunk=self.drop_usage_chunk)
+        try:
+            async for chunk in response.content.iter_any():
+                if self.first_byte is None:
+                    self.first_byte = time.perf_counter()
+                out = sse.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            rest = sse.flush()
+            await send({"type": "http.response.body", "body": rest, "more_body": False})
+        except (aiohttp.ClientError, TimeoutError):
+            # The upstream broke off mid-stream: end the client's stream; meter what came.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.usage = sse.usage
+            self.text = "".join(sse.text)
+
+    def _read_json_usage(self, data: bytes) -> None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, dict):
+            self.usage = usage_from(obj)
+            if self.usage is None:
+                self.text = output_text(obj)
+
+    def _meter(self) -> None:
+        ended = time.perf_counter()
+        estimated = False
+        if self.usage is not None:
+            input_tokens, output_tokens, cached = self.usage
+        elif self.status and self.status < 400 or self.disconnected:
+            input_tokens = count_tokens(prompt_text(self.payload))
+            output_tokens = count_tokens(self.text)
+            cached = 0
+            estimated = True
+        else:
+            input_tokens = output_tokens = cached = 0
+        status = 499 if self.disconnected else self.status
+        cost = self.price.cost_micro_minor(input_tokens, output_tokens, cached) if self.price else 0
+        total = ended - self.started
+        upstream = ended - self.upstream_started if self.upstream_started else 0.0
+        if self.first_byte and self.upstream_started:
+            metrics.TTFT.observe(self.first_byte - self.started)
+        metrics.TOTAL.observe(total)
+        metrics.UPSTREAM.observe(upstream)
+        if self.first_byte and self.upstream_started and not self.stream:
+            metrics.OVERHEAD.observe(max(total - (self.first_byte - self.upstream_started), 0.0))
+        elif self.upstream_started:
+            metrics.OVERHEAD.observe(max(self.upstream_started - self.started, 0.0))
+        metrics.REQUESTS.labels(str(status), self.model, str(self.record.org_id)).inc()
+        event = new_event(
+            request_id=self.request_id,
+            key_id=self.record.key_id,
+            org_id=self.record.org_id,
+            environment=self.record.environment,
+            endpoint=self.endpoint,
+            model=self.model,
+            stream=self.stream,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached,
+            estimated=estimated,
+            cost_micro_minor=cost,
+            latency_ms=round(total * 1000, 3),
+            ttft_ms=round((self.first_byte - self.started) * 1000, 3) if self.first_byte else None,
+            upstream=self.upstream_url,
+            started_at_ms=int(self.started_wall * 1000),
+            ended_at_ms=int(time.time() * 1000),
+        )
+        self.edge.finish(event, self.admission)
+
+
+async def _watch_disconnect(receive, task: asyncio.Task) -> bool:
+    """Cancel the exchange when the client goes away; return whether it did."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return True
+
+
+def _refusal_error(refusal: Refusal) -> EdgeError:
+    retry_after = str(max(1, -(-refusal.reset_ms // 1000)))
+    scope = "organization" if refusal.scope == "organization" else "API key"
+    if refusal.kind == "budget":
+        return EdgeError(
+            429,
+            f"This {scope} has reached its monthly budget of {refusal.limit / 100:.2f}. "
+            "Raise the budget in the Tollgate console or wait for the next month.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    if refusal.kind == "concurrency":
+        message = f"Too many concurrent requests for this {scope} (limit {refusal.limit}). Retry shortly."
+        kind = "requests"
+    else:
+        unit = "requests" if refusal.kind == "requests" else "tokens"
+        message = (
+            f"Rate limit reached for this {scope}: {refusal.limit} {unit} per minute. "
+            f"Retry after {retry_after}s."
+        )
+        kind = unit
+    headers = [(b"retry-after", retry_after.encode())]
+    if refusal.kind in ("requests", "tokens"):
+        headers += [
+            (f"x-ratelimit-limit-{kind}".encode(), str(refusal.limit).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(refusal.remaining).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), f"{retry_after}s".encode()),
+        ]
+    return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _bearer(scope) -> str | None:
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return ""
+    api_key = _header(scope, b"x-api-key")
+    return api_key.strip() if api_key else None
+
+
+def new_event_id() -> str:
+    from edge.metering import uuid7
+
+    return uuid7()
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise EdgeError(499, "Client closed the request.", code="client_closed")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise EdgeError(
+                413, f"The request body exceeds the {limit} byte limit.", code="request_too_large"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send, status: int, body: bytes, request_id: str, *, content_type=b"application/json", extra=None
+):
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(config: EdgeConfig | None = None) -> Edge:
+    from edge.config import load_config
+
+    return Edge(config or load_config())

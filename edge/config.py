@@ -1,0 +1,158 @@
+"""Edge configuration: the environment plus one YAML file, parsed once at start."""
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    weight: int = 1
+    api_key: str = ""
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str
+    upstreams: tuple[Upstream, ...]
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.pattern)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    redis_url: str
+    pepper: bytes
+    routes: tuple[Route, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    body_limit_bytes: int = 10 * 1024 * 1024
+    auth_cache_ttl: float = 10.0
+    auth_cache_size: int = 100_000
+    stale_auth_seconds: float = 300.0
+    spool_dir: str = ".run/spool"
+    spool_fsync_ms: int = 50
+    lease_ttl_seconds: int = 600
+    trust_forwarded_for: bool = False
+    default_max_tokens: int = 4096
+    extra: dict = field(default_factory=dict)
+
+    def route_for(self, model: str) -> Route | None:
+        for route in self.routes:
+            if route.matches(model):
+                return route
+        return None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
+
+
+def _expand(value: str, env) -> str:
+    def replace(match):
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(f"environment variable {name} referenced in the config is not set")
+        return env[name]
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _number(raw, name: str, kind=float, minimum=0):
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _routes(raw, env) -> tuple[Route, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("routes must be a non-empty list")
+    routes = []
+    for index, item in enumerate(raw):
+        where = f"routes[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
+            raise ConfigError(f"{where}.model must be a model name or glob")
+        upstreams = item.get("upstreams")
+        if not isinstance(upstreams, list) or not upstreams:
+            raise ConfigError(f"{where}.upstreams must be a non-empty list")
+        parsed = []
+        for u_index, upstream in enumerate(upstreams):
+            u_where = f"{where}.upstreams[{u_index}]"
+            if isinstance(upstream, str):
+                upstream = {"url": upstream}
+            url = _expand(str(upstream.get("url", "")), env).rstrip("/")
+            if not re.match(r"^https?://[^/]+", url):
+                raise ConfigError(f"{u_where}.url must be an http(s) URL, got {url!r}")
+            parsed.append(
+                Upstream(
+                    url=url,
+                    weight=_number(upstream.get("weight", 1), f"{u_where}.weight", int, 1),
+                    api_key=_expand(str(upstream.get("api_key", "")), env),
+                    connect_timeout=_number(upstream.get("connect_timeout", 5), f"{u_where}.connect_timeout"),
+                    read_timeout=_number(upstream.get("read_timeout", 300), f"{u_where}.read_timeout"),
+                )
+            )
+        routes.append(Route(pattern=item["model"], upstreams=tuple(parsed)))
+    return tuple(routes)
+
+
+def load_config(path: str | None = None, env=None) -> EdgeConfig:
+    """Read ``EDGE_CONFIG`` (or ``path``) and the environment. Raise ConfigError when invalid."""
+    env = os.environ if env is None else env
+    path = path or env.get("EDGE_CONFIG")
+    if not path:
+        raise ConfigError("EDGE_CONFIG (path of the edge YAML file) is not set")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read EDGE_CONFIG {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the edge config must be a mapping")
+    pepper = env.get("KEY_PEPPER", "")
+    if len(pepper) < 32:
+        raise ConfigError("KEY_PEPPER must be set to the portal's value (32+ characters)")
+    redis_url = env.get("EDGE_REDIS_URL") or env.get("REDIS_URL") or data.get("redis_url")
+    if not redis_url or not re.match(r"^(redis|rediss|unix)://", redis_url):
+        raise ConfigError("EDGE_REDIS_URL (or redis_url in the config) must be a redis:// URL")
+    listen = data.get("listen", {}) or {}
+    cache = data.get("auth_cache", {}) or {}
+    spool = data.get("spool", {}) or {}
+    return EdgeConfig(
+        redis_url=redis_url,
+        pepper=pepper.encode(),
+        routes=_routes(data.get("routes"), env),
+        host=env.get("EDGE_HOST") or listen.get("host", "127.0.0.1"),
+        port=_number(env.get("EDGE_PORT") or listen.get("port", 8080), "EDGE_PORT", int, 1),
+        workers=_number(
+            env.get("EDGE_WORKERS") or data.get("workers", os.cpu_count() or 1), "EDGE_WORKERS", int, 1
+        ),
+        body_limit_bytes=_number(
+            data.get("body_limit_bytes", 10 * 1024 * 1024), "body_limit_bytes", int, 1024
+        ),
+        auth_cache_ttl=_number(cache.get("ttl_seconds", 10), "auth_cache.ttl_seconds"),
+        auth_cache_size=_number(cache.get("max_entries", 100_000), "auth_cache.max_entries", int, 1),
+        stale_auth_seconds=_number(
+            env.get("EDGE_STALE_AUTH_SECONDS") or cache.get("stale_seconds", 300), "auth_cache.stale_seconds"
+        ),
+        spool_dir=env.get("EDGE_SPOOL_DIR") or spool.get("dir", ".run/spool"),
+        spool_fsync_ms=_number(spool.get("fsync_ms", 50), "spool.fsync_ms", int, 1),
+        lease_ttl_seconds=_number(data.get("lease_ttl_seconds", 600), "lease_ttl_seconds", int, 1),
+        trust_forwarded_for=bool(data.get("trust_forwarded_for", False)),
+        default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
+    )

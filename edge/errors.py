@@ -1,0 +1,32 @@
+"""Errors in OpenAI's JSON shape, so any OpenAI SDK shows them as it shows OpenAI's own."""
+
+import orjson
+
+
+class EdgeError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or []
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        )
+
+
+def invalid_key(message: str = "Incorrect API key provided.") -> EdgeError:
+    return EdgeError(401, message, code="invalid_api_key")

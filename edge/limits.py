@@ -1,0 +1,238 @@
+"""Rate limits, concurrency and budgets, enforced atomically in Redis for every replica.
+
+One Lua script admits a request against every scope (the key, then its organization):
+requests and tokens per minute (a sliding window from two fixed windows), concurrent
+requests (leases in a sorted set, expiring if an edge dies), and the monthly budget
+(a reservation of the worst-case cost). Either every counter moves or none does, so
+parallel requests on many replicas cannot overshoot. A second script settles a request:
+tokens and cost move from the estimate to the real figure, and the lease is released.
+
+Keys of one organization share a Redis Cluster hash slot (``{o:<org_id>}``).
+"""
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from edge.records import KeyRecord, Limits
+
+WINDOW_MS = 60_000
+BUDGET_TTL_SECONDS = 40 * 24 * 3600
+
+ADMIT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win = math.floor(now_ms / 60000)
+local weight = 1 - (now_ms % 60000) / 60000
+local reset_ms = 60000 - (now_ms % 60000)
+local n = tonumber(ARGV[1])
+local est = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local lease = ARGV[4]
+local lease_ttl = tonumber(ARGV[5])
+local month = ARGV[6]
+local out = {1, win}
+for i = 0, n - 1 do
+  local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
+  local rpm = tonumber(ARGV[7+4*i])
+  local tpm = tonumber(ARGV[8+4*i])
+  local conc = tonumber(ARGV[9+4*i])
+  local cap = tonumber(ARGV[10+4*i])
+  local rc = tonumber(redis.call('HGET', rl, 'r:' .. win) or '0')
+  local rp = tonumber(redis.call('HGET', rl, 'r:' .. (win - 1)) or '0')
+  local tc = tonumber(redis.call('HGET', rl, 't:' .. win) or '0')
+  local tp = tonumber(redis.call('HGET', rl, 't:' .. (win - 1)) or '0')
+  local requests = rc + rp * weight
+  local tokens = tc + tp * weight
+  if rpm >= 0 and requests + 1 > rpm then
+    return {0, i, 'requests', reset_ms, rpm, math.max(0, math.floor(rpm - requests))}
+  end
+  if tpm >= 0 and tokens + est > tpm then
+    return {0, i, 'tokens', reset_ms, tpm, math.max(0, math.floor(tpm - tokens))}
+  end
+  if conc >= 0 then
+    redis.call('ZREMRANGEBYSCORE', cz, '-inf', now_ms)
+    if redis.call('ZCARD', cz) >= conc then
+      return {0, i, 'concurrency', 1000, conc, 0}
+    end
+  end
+  if cap >= 0 then
+    local spent = tonumber(redis.call('HGET', bk, month) or '0')
+    if spent + cost > cap then
+      return {0, i, 'budget', 0, cap, math.max(0, cap - spent)}
+    end
+  end
+  table.insert(out, rpm >= 0 and math.floor(rpm - requests - 1) or -1)
+  table.insert(out, tpm >= 0 and math.floor(tpm - tokens - est) or -1)
+  table.insert(out, reset_ms)
+end
+for i = 0, n - 1 do
+  local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
+  redis.call('HINCRBY', rl, 'r:' .. win, 1)
+  if est > 0 then redis.call('HINCRBY', rl, 't:' .. win, est) end
+  redis.call('HDEL', rl, 'r:' .. (win - 2), 't:' .. (win - 2))
+  redis.call('PEXPIRE', rl, 180000)
+  if tonumber(ARGV[9+4*i]) >= 0 then
+    redis.call('ZADD', cz, now_ms + lease_ttl, lease)
+    redis.call('PEXPIRE', cz, lease_ttl * 2)
+  end
+  if cost > 0 then
+    redis.call('HINCRBY', bk, month, cost)
+    redis.call('EXPIRE', bk, BUDGET_TTL)
+  end
+end
+return out
+""".replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
+
+SETTLE = """
+local n = tonumber(ARGV[1])
+local token_delta = tonumber(ARGV[2])
+local cost_delta = tonumber(ARGV[3])
+local lease = ARGV[4]
+local month = ARGV[5]
+local win = ARGV[6]
+for i = 0, n - 1 do
+  local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
+  if token_delta ~= 0 and redis.call('HEXISTS', rl, 'r:' .. win) == 1 then
+    redis.call('HINCRBY', rl, 't:' .. win, token_delta)
+  end
+  redis.call('ZREM', cz, lease)
+  if cost_delta ~= 0 then
+    redis.call('HINCRBY', bk, month, cost_delta)
+    redis.call('EXPIRE', bk, BUDGET_TTL)
+  end
+end
+return 1
+""".replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
+
+
+def _scope_keys(org_id: int, scope: str) -> list[str]:
+    tag = f"{{o:{org_id}}}"
+    return [f"tg:rl:{tag}:{scope}", f"tg:conc:{tag}:{scope}", f"tg:budget:{tag}:{scope}"]
+
+
+def _as_arg(value: int | None) -> int:
+    return -1 if value is None else int(value)
+
+
+def month_key(now: float | None = None) -> str:
+    return time.strftime("%Y%m", time.gmtime(now))
+
+
+@dataclass(slots=True)
+class Admission:
+    """An admitted request: what to settle later, and the headers to send."""
+
+    keys: list[str]
+    lease: str
+    window: int
+    month: str
+    estimated_tokens: int
+    reserved_cost: int
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Refusal:
+    scope: str  # "key" or "organization"
+    kind: str  # requests | tokens | concurrency | budget
+    reset_ms: int
+    limit: int
+    remaining: int
+
+
+def _duration(ms: int) -> str:
+    """Format like OpenAI's reset headers: ``1s``, ``6m0s``, ``250ms``."""
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = -(-ms // 1000)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _headers(limits: list[Limits], values: list) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers, from the tightest scope that has a limit."""
+    headers = []
+    best_requests = best_tokens = None
+    for index, scope in enumerate(limits):
+        remaining_requests, remaining_tokens, reset_ms = values[3 * index : 3 * index + 3]
+        if scope.rpm is not None and (best_requests is None or remaining_requests < best_requests[1]):
+            best_requests = (scope.rpm, remaining_requests, reset_ms)
+        if scope.tpm is not None and (best_tokens is None or remaining_tokens < best_tokens[1]):
+            best_tokens = (scope.tpm, remaining_tokens, reset_ms)
+    for kind, best in (("requests", best_requests), ("tokens", best_tokens)):
+        if best is None:
+            continue
+        limit, remaining, reset_ms = best
+        headers += [
+            (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(max(int(remaining), 0)).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), _duration(int(reset_ms)).encode()),
+        ]
+    return headers
+
+
+class Limiter:
+    def __init__(self, redis, lease_ttl_seconds: int):
+        self._admit = redis.register_script(ADMIT)
+        self._settle = redis.register_script(SETTLE)
+        self.lease_ttl_ms = lease_ttl_seconds * 1000
+
+    async def admit(
+        self, record: KeyRecord, *, estimated_tokens: int, reserved_cost: int
+    ) -> Admission | Refusal:
+        scopes = [("key", record.key_limits), ("organization", record.org_limits)]
+        keys: list[str] = []
+        args: list = []
+        for name, limits in scopes:
+            keys += _scope_keys(record.org_id, f"k:{record.key_id}" if name == "key" else "org")
+            args += [
+                _as_arg(limits.rpm),
+                _as_arg(limits.tpm),
+                _as_arg(limits.concurrency),
+                _as_arg(limits.budget_minor),
+            ]
+        # Budgets are in cents; reservations in millionths of a cent.
+        args = [a if (i % 4) != 3 or a < 0 else a * 1_000_000 for i, a in enumerate(args)]
+        lease = uuid.uuid4().hex
+        month = month_key()
+        result = await self._admit(
+            keys=keys,
+            args=[len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, month, *args],
+        )
+        if int(result[0]) == 0:
+            kind = result[2].decode() if isinstance(result[2], bytes) else result[2]
+            limit, remaining = int(result[4]), int(result[5])
+            if kind == "budget":
+                limit, remaining = limit // 1_000_000, remaining // 1_000_000
+            return Refusal(
+                scope=scopes[int(result[1])][0],
+                kind=kind,
+                reset_ms=int(result[3]),
+                limit=limit,
+                remaining=remaining,
+            )
+        window = int(result[1])
+        return Admission(
+            keys=keys,
+            lease=lease,
+            window=window,
+            month=month,
+            estimated_tokens=estimated_tokens,
+            reserved_cost=reserved_cost,
+            headers=_headers([limits for _, limits in scopes], [int(v) for v in result[2:]]),
+        )
+
+    def settle_args(self, admission: Admission, *, tokens: int, cost: int) -> tuple[list[str], list]:
+        return admission.keys, [
+            len(admission.keys) // 3,
+            tokens - admission.estimated_tokens,
+            cost - admission.reserved_cost,
+            admission.lease,
+            admission.month,
+            admission.window,
+        ]
+
+    async def settle(self, admission: Admission, *, tokens: int, cost: int, client=None) -> None:
+        keys, args = self.settle_args(admission, tokens=tokens, cost=cost)
+        await self._settle(keys=keys, args=args, client=client)
