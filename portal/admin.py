@@ -58,15 +58,26 @@ class OrganizationAdmin(AuditedAdmin):
     actions = ["suspend", "reactivate"]
 
     def save_model(self, request, obj, form, change):
-        if change and "status" in form.changed_data:
-            # Status changes go through the service so that the edge hears of them.
-            new_status = obj.status
-            obj.status = form.initial["status"]
+        """Save plain fields; status and limits go through services so the edge hears of them."""
+        if not change:
             super().save_model(request, obj, form, change)
-            services.organization_set_status(actor=Actor.staff(request), organization=obj, status=new_status)
-            obj.refresh_from_db()
-        else:
-            super().save_model(request, obj, form, change)
+            return
+        actor = Actor.staff(request)
+        new_status = obj.status
+        limits = {
+            field: getattr(obj, field)
+            for field in services.ORGANIZATION_LIMIT_FIELDS
+            if field in form.changed_data
+        }
+        obj.status = form.initial["status"]
+        for field in limits:
+            setattr(obj, field, form.initial[field])
+        super().save_model(request, obj, form, change)
+        if "status" in form.changed_data:
+            services.organization_set_status(actor=actor, organization=obj, status=new_status)
+        if limits:
+            services.organization_set_limits(actor=actor, organization=obj, **limits)
+        obj.refresh_from_db()
 
     @admin.action(description="Suspend selected organizations")
     def suspend(self, request, queryset):

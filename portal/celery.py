@@ -13,6 +13,7 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "reconcile-edge-records": {"task": "keys.tasks.reconcile_edge_records", "schedule": 300.0},
     "send-rotation-reminders": {"task": "keys.tasks.send_rotation_reminders", "schedule": 3600.0},
+    "publish-prices": {"task": "billing.tasks.publish_prices", "schedule": 60.0},
     "purge-idempotency-records": {"task": "portal.tasks.purge_idempotency_records", "schedule": 3600.0},
 }
 

@@ -74,6 +74,13 @@ class Organization(models.Model):
     require_mfa = models.BooleanField(
         default=False, help_text="Members must have two-factor authentication to enter."
     )
+    # Limits over all of the organization's keys, enforced at the edge; empty = none.
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute.")
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Concurrent requests.")
+    budget_monthly_minor = models.BigIntegerField(
+        null=True, blank=True, help_text="Monthly spend cap in cents, over all keys."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

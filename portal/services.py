@@ -105,6 +105,39 @@ def organization_set_status(*, actor: Actor, organization: Organization, status:
     return organization
 
 
+ORGANIZATION_LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "concurrency_limit", "budget_monthly_minor")
+
+
+def organization_set_limits(*, actor: Actor, organization: Organization, **limits) -> Organization:
+    """Set the organization-wide limits the edge enforces (None = no limit)."""
+    unknown = set(limits) - set(ORGANIZATION_LIMIT_FIELDS)
+    if unknown:
+        raise DomainError(f"Unknown limits: {', '.join(sorted(unknown))}.")
+    for field, value in limits.items():
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise DomainError("Limits are whole numbers of zero or more, or empty for none.", field=field)
+    with transaction.atomic():
+        organization = Organization.objects.select_for_update().get(pk=organization.pk)
+        changes = {
+            field: [getattr(organization, field), value]
+            for field, value in limits.items()
+            if getattr(organization, field) != value
+        }
+        if changes:
+            for field, (_, value) in changes.items():
+                setattr(organization, field, value)
+            organization.save(update_fields=list(changes))
+            audit_record(
+                actor=actor,
+                organization=organization,
+                action="organization.limits_changed",
+                target=organization,
+                metadata={"changes": changes},
+            )
+            _announce_change(organization)
+    return organization
+
+
 def _owner_count(organization: Organization) -> int:
     return Membership.objects.for_organization(organization).filter(role=Role.OWNER).count()
 

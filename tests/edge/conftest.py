@@ -1,0 +1,193 @@
+"""Fixtures for the edge: real processes (mock model server, edge), real Redis, real Postgres.
+
+The portal publishes key records to the test's Redis database; edge processes started
+here read the same database, exactly as in production.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{what} did not start within {timeout}s")
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+class MockUpstream:
+    def __init__(self, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge.mock_upstream",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            cwd=ROOT,
+        )
+        wait_http(f"{self.url}/healthz", self.process, "mock upstream")
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/mock/stats").json()
+
+    def last(self) -> dict:
+        return httpx.get(f"{self.url}/mock/last").json()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/mock/reset")
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+class EdgeProcess:
+    """``python -m edge`` with a generated config; one worker unless told otherwise."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        pepper: str,
+        routes: list[dict],
+        spool_dir: Path,
+        workers: int = 1,
+        extra_config: dict | None = None,
+        env: dict | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.spool_dir = spool_dir
+        config = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "workers": workers,
+            "spool": {"dir": str(spool_dir), "fsync_ms": 20},
+            "routes": routes,
+            **(extra_config or {}),
+        }
+        self.config_path = spool_dir.parent / f"edge-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = spool_dir.parent / f"edge-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge", "--config", str(self.config_path)],
+            cwd=ROOT,
+            env={**os.environ, "KEY_PEPPER": pepper, "EDGE_REDIS_URL": redis_url, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(f"{self.url}/healthz", self.process, f"edge (log: {self.log_path})")
+
+    def stop(self) -> None:
+        stop(self.process)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def mock_upstream():
+    upstream = MockUpstream()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def start_edge(settings, tmp_path):
+    """Start edge processes against the test's Redis; all are stopped after the test."""
+    started: list[EdgeProcess] = []
+
+    def start(
+        routes, *, workers: int = 1, redis_url: str | None = None, spool_dir: Path | None = None, **kwargs
+    ):
+        spool = spool_dir or tmp_path / f"spool-{len(started)}"
+        edge = EdgeProcess(
+            redis_url=redis_url or settings.REDIS_URL,
+            pepper=settings.KEY_PEPPER,
+            routes=routes,
+            spool_dir=spool,
+            workers=workers,
+            **kwargs,
+        )
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        edge.stop()
+
+
+@pytest.fixture
+def edge(start_edge, mock_upstream):
+    """One edge routing every model to the mock upstream."""
+    return start_edge([{"model": "*", "upstreams": [{"url": mock_upstream.url}]}])
+
+
+@pytest.fixture
+def make_key(django_capture_on_commit_callbacks):
+    """Create an org (once per test) and keys in it through the real services; publish on commit."""
+    from keys import services
+    from portal.audit import Actor
+    from tests.factories import make_org, make_user
+
+    state = {}
+
+    def make(organization=None, **fields):
+        if organization is None:
+            if "org" not in state:
+                owner = make_user()
+                state["owner"] = owner
+                state["org"] = make_org(owner)
+            organization = state["org"]
+        owner = state.get("owner")
+        fields.setdefault("name", "test key")
+        with django_capture_on_commit_callbacks(execute=True):
+            key, secret = services.api_key_create(
+                actor=Actor(user=owner), organization=organization, **fields
+            )
+        return key, secret
+
+    return make
