@@ -95,6 +95,16 @@ def edge_sync() -> int:
     return written
 
 
+def _decoded(stored: bytes | None) -> dict | None:
+    """Parse a stored record; a missing or corrupt one reads as None, so it gets rewritten."""
+    if stored is None:
+        return None
+    try:
+        return json.loads(stored)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return None
+
+
 def edge_reconcile() -> dict:
     """Compare Redis with Postgres in batches: delete unknown records, repair drifted ones."""
     from django.utils import timezone
@@ -123,8 +133,7 @@ def edge_reconcile() -> dict:
             if secret is None or edge_record.is_gone(secret.key, secret, now):
                 stale.append(name)
                 continue
-            expected = edge_record.key_record(secret.key, secret)
-            if stored is None or json.loads(stored) != expected:
+            if _decoded(stored) != edge_record.key_record(secret.key, secret):
                 drifted.append(secret.key_id)
         if stale:
             client.delete(*stale)

@@ -19,6 +19,14 @@ from portal.roles import Role
 MAX_ALLOWED_MODELS = 100
 MAX_ALLOWED_IPS = 100
 MAX_METADATA_BYTES = 4096
+# The largest value each number column holds (Postgres integer, bigint; ten years of days).
+_MAXIMA = {
+    "rpm_limit": 2**31 - 1,
+    "tpm_limit": 2**31 - 1,
+    "concurrency_limit": 2**31 - 1,
+    "budget_monthly_minor": 2**63 - 1,
+    "rotation_reminder_days": 3650,
+}
 
 
 def _pepper() -> bytes:
@@ -104,6 +112,8 @@ def _clean_fields(fields: dict) -> dict:
             raise DomainError("Must be a positive whole number, or null for no limit.", field=limit)
         if limit == "budget_monthly_minor" and value is not None and value < 0:
             raise DomainError("Must be zero or more (cents), or null for no cap.", field=limit)
+        if value is not None and value > _MAXIMA[limit]:
+            raise DomainError(f"Must be at most {_MAXIMA[limit]}.", field=limit)
     if "budget_alert_percent" in cleaned:
         value = cleaned["budget_alert_percent"]
         if not isinstance(value, int) or not 1 <= value <= 100:
