@@ -11,6 +11,7 @@ from keys import selectors, services
 from keys.models import ApiKey
 from portal.api.base import OrganizationAPIView
 from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, PROBLEMS, responses
+from portal.errors import DomainError
 from portal.roles import Perm
 
 
@@ -106,6 +107,24 @@ class KeyFilterSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=100)
 
 
+# Service field names as the API spells them, so per-field errors point at the request.
+_API_FIELDS = {
+    "rpm_limit": "limits.rpm",
+    "tpm_limit": "limits.tpm",
+    "concurrency_limit": "limits.concurrency",
+    "budget_monthly_minor": "budget.monthly_minor",
+    "budget_alert_percent": "budget.alert_percent",
+}
+
+
+def _api_field_names(call):
+    try:
+        return call()
+    except DomainError as error:
+        error.field = _API_FIELDS.get(error.field, error.field)
+        raise
+
+
 def _fresh(organization, key: ApiKey) -> ApiKey:
     return selectors.api_key_get(organization=organization, key_id=key.public_id)
 
@@ -135,8 +154,10 @@ class KeyListView(OrganizationAPIView):
     def post(self, request):
         data = ApiKeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        key, plaintext = services.api_key_create(
-            actor=self.actor, organization=self.organization, **data.validated_data
+        key, plaintext = _api_field_names(
+            lambda: services.api_key_create(
+                actor=self.actor, organization=self.organization, **data.validated_data
+            )
         )
         key = _fresh(self.organization, key)
         key.secret = plaintext
@@ -172,7 +193,7 @@ class KeyDetailView(_KeyView):
         key = self._key(key_id)
         data = ApiKeyWriteSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        services.api_key_update(actor=self.actor, key=key, **data.validated_data)
+        _api_field_names(lambda: services.api_key_update(actor=self.actor, key=key, **data.validated_data))
         return Response(ApiKeySerializer(_fresh(self.organization, key)).data)
 
 

@@ -149,4 +149,32 @@ def edge_reconcile() -> dict:
             batch = []
     if batch:
         flush(batch)
-    return {"checked": checked, "removed": removed, "repaired": repaired}
+    restored = _restore_missing(client, now)
+    return {"checked": checked, "removed": removed, "repaired": repaired, "restored": restored}
+
+
+def _restore_missing(client, now) -> int:
+    """Republish keys whose live secret has no record at all (a publication that was lost)."""
+    from keys.models import ApiKeySecret
+
+    missing: set[int] = set()
+    secrets = ApiKeySecret.objects.live(now).filter(key__revoked_at=None).values_list("secret_hash", "key_id")
+    chunk: list[tuple[str, int]] = []
+
+    def check(rows):
+        with client.pipeline(transaction=False) as pipe:
+            for secret_hash, _ in rows:
+                pipe.exists(edge_record.redis_key(secret_hash))
+            found = pipe.execute()
+        missing.update(key_id for (_, key_id), exists in zip(rows, found, strict=True) if not exists)
+
+    for row in secrets.iterator(chunk_size=BATCH):
+        chunk.append(row)
+        if len(chunk) >= BATCH:
+            check(chunk)
+            chunk = []
+    if chunk:
+        check(chunk)
+    if missing:
+        keys_publish(sorted(missing))
+    return len(missing)

@@ -2,6 +2,7 @@
 
 import fnmatch
 import ipaddress
+import json
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -107,7 +108,10 @@ def _clean_fields(fields: dict) -> dict:
     ):
         value = cleaned.get(limit)
         if value is not None and (
-            not isinstance(value, int) or value < 1 and limit != "budget_monthly_minor"
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < 1
+            and limit != "budget_monthly_minor"
         ):
             raise DomainError("Must be a positive whole number, or null for no limit.", field=limit)
         if limit == "budget_monthly_minor" and value is not None and value < 0:
@@ -116,14 +120,12 @@ def _clean_fields(fields: dict) -> dict:
             raise DomainError(f"Must be at most {_MAXIMA[limit]}.", field=limit)
     if "budget_alert_percent" in cleaned:
         value = cleaned["budget_alert_percent"]
-        if not isinstance(value, int) or not 1 <= value <= 100:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
             raise DomainError("Must be a whole number from 1 to 100.", field="budget_alert_percent")
     if "metadata" in cleaned:
         metadata = cleaned["metadata"] if cleaned["metadata"] is not None else {}
         if not isinstance(metadata, dict):
             raise DomainError("Metadata must be a JSON object.", field="metadata")
-        import json
-
         if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
             raise DomainError(
                 f"Metadata must be at most {MAX_METADATA_BYTES} bytes as JSON.", field="metadata"

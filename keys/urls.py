@@ -1,12 +1,17 @@
 from django.urls import path
 
-from portal.roles import Perm
-from portal.views import PlaceholderView
+from keys import views
 
 urlpatterns = [
+    path("keys/", views.KeyListView.as_view(), name="org-keys"),
+    path("keys/new/", views.KeyCreateView.as_view(), name="org-key-create"),
+    path("keys/<str:key_id>/edit/", views.KeyEditView.as_view(), name="org-key-edit"),
+    path("keys/<str:key_id>/rotate/", views.KeyRotateView.as_view(), name="org-key-rotate"),
+    path("keys/<str:key_id>/revoke/", views.KeyRevokeView.as_view(), name="org-key-revoke"),
+    path("service-accounts/", views.ServiceAccountListView.as_view(), name="org-service-accounts"),
     path(
-        "keys/",
-        PlaceholderView.as_view(title="API keys", required_permission=Perm.KEYS_VIEW),
-        name="org-keys",
+        "service-accounts/<str:account_id>/revoke/",
+        views.ServiceAccountRevokeView.as_view(),
+        name="org-service-account-revoke",
     ),
 ]

@@ -241,13 +241,13 @@ def test_reconcile_removes_unknown_records_and_repairs_drifted_ones(
     wrong = dict(expected[drifted], limits={"rpm": None, "tpm": None, "concurrency": None}, status="active")
     redis_client.set(drifted, json.dumps(wrong))
 
-    assert edge_reconcile() == {"checked": 5, "removed": 1, "repaired": 1}
+    assert edge_reconcile() == {"checked": 5, "removed": 1, "repaired": 1, "restored": 0}
 
     assert redis_client.exists(stale) == 0
     assert json.loads(redis_client.get(drifted)) == expected[drifted]
     assert json.loads(redis_client.get(drifted))["limits"]["tpm"] == 9
     # A second pass finds nothing to do.
-    assert edge_reconcile() == {"checked": 4, "removed": 0, "repaired": 0}
+    assert edge_reconcile() == {"checked": 4, "removed": 0, "repaired": 0, "restored": 0}
 
 
 def test_reconcile_repairs_a_record_that_is_not_json(actor, organization, publish, redis_client):
@@ -256,7 +256,7 @@ def test_reconcile_repairs_a_record_that_is_not_json(actor, organization, publis
     name = redis_key(services.secret_hash(plaintext))
     redis_client.set(name, b"\x00not json")
 
-    assert edge_reconcile() == {"checked": 1, "removed": 0, "repaired": 1}
+    assert edge_reconcile() == {"checked": 1, "removed": 0, "repaired": 1, "restored": 0}
     assert json.loads(redis_client.get(name)) == key_record(
         ApiKey.unscoped.select_related("organization").get(pk=key.pk), key.secrets.get()
     )
@@ -271,5 +271,17 @@ def test_reconcile_drops_records_past_their_tombstone(
     name = redis_key(services.secret_hash(plaintext))
     assert redis_client.exists(name) == 1
     time_machine.move_to(start + timedelta(seconds=TOMBSTONE_SECONDS + 1), tick=False)
-    assert edge_reconcile() == {"checked": 1, "removed": 1, "repaired": 0}
+    assert edge_reconcile() == {"checked": 1, "removed": 1, "repaired": 0, "restored": 0}
     assert redis_client.exists(name) == 0
+
+
+def test_reconcile_restores_a_record_whose_publication_was_lost(django_capture_on_commit_callbacks):
+    owner = make_user()
+    organization = make_org(owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        key, secret = services.api_key_create(actor=Actor(user=owner), organization=organization, name="lost")
+    name = redis_key(services.secret_hash(secret))
+    client = edge_redis()
+    client.delete(name)
+    assert edge_reconcile() == {"checked": 0, "removed": 0, "repaired": 0, "restored": 1}
+    assert json.loads(client.get(name))["key_id"] == key.public_id

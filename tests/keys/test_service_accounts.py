@@ -210,5 +210,5 @@ def test_limit_too_large_for_the_database_is_a_problem_not_a_server_error(client
     )
     assert response.status_code == 400, response.content
     assert response["Content-Type"] == "application/problem+json"
-    assert response.json()["errors"] == {"rpm_limit": ["Must be at most 2147483647."]}
+    assert response.json()["errors"] == {"limits.rpm": ["Must be at most 2147483647."]}
     assert not ApiKey.objects.for_organization(org_a).exists()

@@ -1,0 +1,239 @@
+"""Console pages for API keys and service accounts: thin views over keys.services and keys.selectors.
+
+A page that shows a secret is the response to the POST that minted it: never a redirect,
+so the secret is in no URL, no session and (``Cache-Control: no-store``) no cache.
+"""
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.decorators import method_decorator
+from django.utils.functional import cached_property
+from django.views.decorators.cache import never_cache
+from django.views.generic import TemplateView
+
+from keys import selectors, services
+from keys.forms import (
+    ApiKeyCreateForm,
+    ApiKeyForm,
+    KeyFilterForm,
+    RotateForm,
+    ServiceAccountForm,
+    cents_to_dollars,
+)
+from keys.models import ApiKey, ServiceAccount
+from portal.audit import Actor
+from portal.console import OrganizationMixin
+from portal.errors import DomainError
+from portal.roles import Perm
+
+KEYS_PER_PAGE = 50
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def _example_model(key: ApiKey) -> str:
+    """Return a model the key may call, for the snippets: its first exact name, if any."""
+    exact = [name for name in key.allowed_models if not GLOB_CHARACTERS & set(name)]
+    return exact[0] if exact else "your-model"
+
+
+class ConsolePage(OrganizationMixin, TemplateView):
+    def page(self, template: str, status: int = 200, **context) -> TemplateResponse:
+        return TemplateResponse(self.request, template, self.get_context_data(**context), status=status)
+
+    def reveal_key(self, key: ApiKey, secret: str, **context) -> TemplateResponse:
+        """Render the one-time page holding a key's new secret, with snippets that use it."""
+        return self.page(
+            "keys/key_reveal.html",
+            key=key,
+            secret=secret,
+            edge_url=settings.EDGE_PUBLIC_URL,
+            example_model=_example_model(key),
+            **context,
+        )
+
+
+class KeyListView(ConsolePage):
+    template_name = "keys/key_list.html"
+    required_permission = Perm.KEYS_VIEW
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        form = KeyFilterForm(self.request.GET)
+        status = form.cleaned_data["status"] if form.is_valid() else ""
+        keys = selectors.api_keys_list(organization=self.organization, status=status)
+        page = Paginator(keys, KEYS_PER_PAGE).get_page(self.request.GET.get("page"))
+        for key in page:
+            key.budget_dollars = cents_to_dollars(key.budget_monthly_minor)
+        query = self.request.GET.copy()
+        query.pop("page", None)
+        context.update(
+            filter_form=form, page=page, query=query.urlencode(), can_manage=self.can(Perm.KEYS_MANAGE)
+        )
+        return context
+
+
+@method_decorator(never_cache, name="dispatch")
+class KeyCreateView(ConsolePage):
+    template_name = "keys/key_form.html"
+    # The page exists only to write: a role that cannot create keys does not see the form.
+    required_permission = Perm.KEYS_MANAGE
+
+    def get(self, request, org_slug):
+        return self.page(self.template_name, form=ApiKeyCreateForm())
+
+    def post(self, request, org_slug):
+        form = ApiKeyCreateForm(request.POST)
+        if form.is_valid():
+            try:
+                key, secret = services.api_key_create(
+                    actor=Actor.from_request(request), organization=self.organization, **form.service_fields()
+                )
+            except DomainError as error:
+                form.add_domain_error(error)
+            else:
+                return self.reveal_key(key, secret)
+        return self.page(self.template_name, status=400, form=form)
+
+
+class KeyObjectMixin:
+    """Find the key named in the URL within the organization; any other id answers 404."""
+
+    @cached_property
+    def key(self) -> ApiKey:
+        key = selectors.api_key_get(organization=self.organization, key_id=self.kwargs["key_id"])
+        if key is None:
+            raise Http404("No such key.")
+        return key
+
+    def get_context_data(self, **kwargs):
+        kwargs.setdefault("key", self.key)
+        return super().get_context_data(**kwargs)
+
+
+class KeyEditView(KeyObjectMixin, ConsolePage):
+    template_name = "keys/key_form.html"
+    required_permission = Perm.KEYS_MANAGE
+
+    def get(self, request, org_slug, key_id):
+        return self.page(self.template_name, form=ApiKeyForm(initial=ApiKeyForm.initial_for(self.key)))
+
+    def post(self, request, org_slug, key_id):
+        form = ApiKeyForm(request.POST, initial=ApiKeyForm.initial_for(self.key))
+        status = 400
+        if form.is_valid():
+            try:
+                services.api_key_update(
+                    actor=Actor.from_request(request), key=self.key, **form.service_fields(only_changed=True)
+                )
+            except DomainError as error:
+                form.add_domain_error(error)
+                status = error.status
+            else:
+                messages.success(request, f"Saved the key {form.cleaned_data['name']}.")
+                return redirect("org-keys", org_slug=org_slug)
+        return self.page(self.template_name, status=status, form=form)
+
+
+@method_decorator(never_cache, name="dispatch")
+class KeyRotateView(KeyObjectMixin, ConsolePage):
+    template_name = "keys/key_rotate.html"
+    required_permission = Perm.KEYS_MANAGE
+
+    def get(self, request, org_slug, key_id):
+        return self.page(self.template_name, form=RotateForm(now=timezone.now()))
+
+    def post(self, request, org_slug, key_id):
+        form = RotateForm(request.POST, now=timezone.now())
+        status = 400
+        if form.is_valid():
+            try:
+                key, secret, previous = services.api_key_rotate(
+                    actor=Actor.from_request(request), key=self.key, grace_period=form.grace_period
+                )
+            except DomainError as error:
+                form.add_error(None, error.message)
+                status = error.status
+            else:
+                return self.reveal_key(key, secret, rotated=True, previous=previous)
+        return self.page(self.template_name, status=status, form=form)
+
+
+class KeyRevokeView(KeyObjectMixin, ConsolePage):
+    template_name = "keys/key_revoke.html"
+    required_permission = Perm.KEYS_MANAGE
+
+    def post(self, request, org_slug, key_id):
+        try:
+            key = services.api_key_revoke(actor=Actor.from_request(request), key=self.key)
+        except DomainError as error:
+            self.domain_error(error)
+            return self.page(self.template_name, status=error.status)
+        messages.success(request, f"The key {key.name} was revoked. Requests with it now fail.")
+        return redirect("org-keys", org_slug=org_slug)
+
+
+@method_decorator(never_cache, name="dispatch")
+class ServiceAccountListView(ConsolePage):
+    template_name = "keys/service_accounts.html"
+    required_permission = Perm.MEMBERS_VIEW
+    write_permission = Perm.MEMBERS_MANAGE
+
+    def get_context_data(self, **kwargs):
+        kwargs.setdefault("form", ServiceAccountForm())
+        return super().get_context_data(
+            accounts=selectors.service_accounts_list(organization=self.organization)[:200],
+            can_manage=self.can(Perm.MEMBERS_MANAGE),
+            **kwargs,
+        )
+
+    def post(self, request, org_slug):
+        form = ServiceAccountForm(request.POST)
+        if form.is_valid():
+            try:
+                account, client_id, secret = services.service_account_create(
+                    actor=Actor.from_request(request), organization=self.organization, **form.cleaned_data
+                )
+            except DomainError as error:
+                form.add_domain_error(error)
+            else:
+                return self.page(
+                    "keys/service_account_reveal.html",
+                    account=account,
+                    client_id=client_id,
+                    client_secret=secret,
+                    token_url=settings.SITE_URL + reverse("idp:oidc:token"),
+                    keys_api_url=settings.SITE_URL + reverse("api-keys"),
+                )
+        return self.page(self.template_name, status=400, form=form)
+
+
+class ServiceAccountRevokeView(ConsolePage):
+    template_name = "keys/service_account_revoke.html"
+    required_permission = Perm.MEMBERS_MANAGE
+
+    @cached_property
+    def account(self) -> ServiceAccount:
+        account = selectors.service_account_get(
+            organization=self.organization, account_id=self.kwargs["account_id"]
+        )
+        if account is None:
+            raise Http404("No such service account.")
+        return account
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(account=self.account, **kwargs)
+
+    def post(self, request, org_slug, account_id):
+        try:
+            account = services.service_account_revoke(actor=Actor.from_request(request), account=self.account)
+        except DomainError as error:
+            self.domain_error(error)
+            return self.page(self.template_name, status=error.status)
+        messages.success(request, f"The service account {account.name} was revoked.")
+        return redirect("org-service-accounts", org_slug=org_slug)
