@@ -18,6 +18,7 @@ class Perm:
     KEYS_MANAGE = "keys.manage"
     KEYS_VIEW = "keys.view"
     USAGE_VIEW = "usage.view"
+    USAGE_INGEST = "usage.ingest"
     BILLING_MANAGE = "billing.manage"
     BILLING_VIEW = "billing.view"
     AUDIT_VIEW = "audit.view"

@@ -177,6 +177,17 @@ if len(KEY_PEPPER) < 32:
 KEY_ROTATION_DEFAULT_GRACE_SECONDS = 24 * 3600
 KEY_ROTATION_MAX_GRACE_SECONDS = 7 * 24 * 3600
 EDGE_REDIS_URL = env_url("EDGE_REDIS_URL", None, schemes=("redis", "rediss", "unix"))
+EDGE_PUBLIC_URL = env_url("EDGE_PUBLIC_URL", "http://localhost:8080", schemes=("http", "https")).rstrip("/")
+
+# --- Usage metering ---------------------------------------------------------------------
+USAGE_STREAM = "tg:usage"
+USAGE_DEAD_LETTER_STREAM = "tg:usage:dead"
+USAGE_CONSUMER_GROUP = env_str("USAGE_CONSUMER_GROUP", "ingest")
+USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 2000, minimum=1)
+USAGE_BATCH_MAX_WAIT_MS = env_int("USAGE_BATCH_MAX_WAIT_MS", 200, minimum=1)
+USAGE_CLAIM_IDLE_MS = env_int("USAGE_CLAIM_IDLE_MS", 60_000, minimum=1000)
+USAGE_LATE_WINDOW_DAYS = env_int("USAGE_LATE_WINDOW_DAYS", 35, minimum=1)
+USAGE_RAW_RETENTION_MONTHS = env_int("USAGE_RAW_RETENTION_MONTHS", 13, minimum=1)
 
 # --- OAuth2 / OpenID Connect provider (machine tokens for the API) -----------------------
 IDP_OIDC_PRIVATE_KEY = env_str("OIDC_IDP_PRIVATE_KEY", "")

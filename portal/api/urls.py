@@ -3,6 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from keys import api as keys_api
 from portal.api import views
+from usage import api as usage_api
 
 urlpatterns = [
     path("v1/organization", views.OrganizationView.as_view(), name="api-organization"),
@@ -18,6 +19,8 @@ urlpatterns = [
     path("v1/keys/<str:key_id>", keys_api.KeyDetailView.as_view(), name="api-key"),
     path("v1/keys/<str:key_id>/rotate", keys_api.KeyRotateView.as_view(), name="api-key-rotate"),
     path("v1/keys/<str:key_id>/revoke", keys_api.KeyRevokeView.as_view(), name="api-key-revoke"),
+    path("v1/usage", usage_api.UsageView.as_view(), name="api-usage"),
+    path("v1/usage/events", usage_api.UsageEventsView.as_view(), name="api-usage-events"),
     path("v1/audit-events", views.AuditEventListView.as_view(), name="api-audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

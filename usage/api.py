@@ -1,0 +1,246 @@
+"""Usage over the REST API: post events from another gateway; read usage from the rollups."""
+
+import csv
+import io
+from datetime import timedelta
+
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from keys.models import ApiKey
+from portal.api.base import OrganizationAPIView
+from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, responses
+from portal.errors import DomainError
+from portal.roles import Perm
+from usage import selectors, services
+
+MAX_ROWS = 10_000
+
+
+class UsageEventInSerializer(serializers.Serializer):
+    event_id = serializers.UUIDField(help_text="Your idempotency key for this event (UUID).")
+    key_id = serializers.CharField(max_length=40, help_text="The Tollgate key that was used (key_…).")
+    model = serializers.CharField(max_length=200)
+    timestamp = serializers.DateTimeField(help_text="When the request finished (ISO 8601).")
+    input_tokens = serializers.IntegerField(min_value=0, max_value=10**12)
+    output_tokens = serializers.IntegerField(min_value=0, max_value=10**12)
+    cached_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
+    status = serializers.IntegerField(min_value=100, max_value=599, default=200)
+    endpoint = serializers.CharField(max_length=32, required=False, allow_blank=True)
+    request_id = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    latency_ms = serializers.FloatField(min_value=0, required=False)
+    estimated = serializers.BooleanField(default=False)
+
+
+class UsageEventsInSerializer(serializers.Serializer):
+    events = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=services.MAX_BATCH)
+
+
+class UsageEventResultSerializer(serializers.Serializer):
+    event_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
+    reason = serializers.CharField(required=False)
+
+
+class UsageEventsResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = UsageEventResultSerializer(many=True)
+
+
+class UsageEventsView(OrganizationAPIView):
+    required_permissions = {"POST": Perm.USAGE_INGEST}
+
+    @extend_schema(
+        operation_id="usage_events_create",
+        parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
+        request=UsageEventsInSerializer,
+        responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 429),
+        description="Post up to 1,000 usage events. Each gets a result: accepted, duplicate (not an error) "
+        "or rejected with the reason. Invalid items never stop the valid ones.",
+    )
+    def post(self, request):
+        batch = UsageEventsInSerializer(data=request.data)
+        batch.is_valid(raise_exception=True)
+        items: list[dict | None] = []
+        results: list[dict | None] = []
+        for raw in batch.validated_data["events"]:
+            item = UsageEventInSerializer(data=raw)
+            if item.is_valid():
+                items.append(item.validated_data)
+                results.append(None)
+            else:
+                reason = "; ".join(
+                    f"{field}: {' '.join(map(str, errors))}" for field, errors in item.errors.items()
+                )
+                items.append(None)
+                results.append(
+                    {
+                        "event_id": str(raw.get("event_id")) if raw.get("event_id") else None,
+                        "status": "rejected",
+                        "reason": reason,
+                    }
+                )
+        valid = [item for item in items if item is not None]
+        outcomes = iter(services.usage_events_post(organization=self.organization, items=valid))
+        results = [result if result is not None else next(outcomes) for result in results]
+        counts = {
+            status: sum(1 for r in results if r["status"] == status)
+            for status in ("accepted", "duplicate", "rejected")
+        }
+        return Response(
+            {
+                "accepted": counts["accepted"],
+                "duplicates": counts["duplicate"],
+                "rejected": counts["rejected"],
+                "results": results,
+            }
+        )
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    start = serializers.DateTimeField(required=False, help_text="Inclusive; default 7 days ago.")
+    end = serializers.DateTimeField(required=False, help_text="Exclusive; default now.")
+    granularity = serializers.ChoiceField(choices=["hour", "day"], default="day")
+    group_by = serializers.CharField(required=False, default="", help_text="Comma-separated: model, key.")
+    key = serializers.CharField(required=False, max_length=40, help_text="Only this key (key_…).")
+    model = serializers.CharField(required=False, max_length=200)
+    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
+
+    def validate_group_by(self, value):
+        groups = tuple(part.strip() for part in value.split(",") if part.strip())
+        unknown = [group for group in groups if group not in selectors.GROUPS]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown groups: {', '.join(unknown)}. Use model and/or key.")
+        return groups
+
+    def validate(self, data):
+        end = data.get("end") or timezone.now()
+        start = data.get("start") or end - timedelta(days=7)
+        if start >= end:
+            raise serializers.ValidationError({"start": ["start must be before end."]})
+        if data["granularity"] == "hour" and end - start > timedelta(days=31):
+            raise serializers.ValidationError({"start": ["Hourly usage covers at most 31 days; use day."]})
+        if end - start > timedelta(days=366 * 2):
+            raise serializers.ValidationError({"start": ["Usage covers at most two years per request."]})
+        data["start"], data["end"] = start, end
+        return data
+
+
+class UsageRowSerializer(serializers.Serializer):
+    period = serializers.DateTimeField()
+    model = serializers.CharField(required=False)
+    key_id = serializers.CharField(required=False)
+    key_name = serializers.CharField(required=False)
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    estimated_requests = serializers.IntegerField()
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    estimated_requests = serializers.IntegerField()
+
+
+class UsageResultSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    granularity = serializers.CharField()
+    group_by = serializers.ListField(child=serializers.CharField())
+    data = UsageRowSerializer(many=True)
+    totals = UsageTotalsSerializer()
+
+
+def _row(raw: dict) -> dict:
+    row = {"period": raw["period"]}
+    if "group_model" in raw:
+        row["model"] = raw["group_model"]
+    if "group_key" in raw:
+        row["key_id"] = raw["group_key"]
+        row["key_name"] = raw["group_key_name"]
+    for metric in selectors.METRICS:
+        row[metric] = raw[metric] or 0
+    return row
+
+
+class UsageView(OrganizationAPIView):
+    required_permissions = {"GET": Perm.USAGE_VIEW}
+
+    @extend_schema(
+        operation_id="usage_retrieve",
+        parameters=[ORG_HEADER, UsageQuerySerializer],
+        responses=responses(UsageResultSerializer, 400, 401, 403, 404, 429),
+        description="Usage from the hourly rollups, grouped by hour or day and optionally by model and key. "
+        "`format=csv` returns the same rows as CSV.",
+    )
+    def get(self, request):
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        key_pk = None
+        if params.get("key"):
+            key = ApiKey.objects.for_organization(self.organization).filter(public_id=params["key"]).first()
+            if key is None:
+                raise DomainError("No such key in this organization.", field="key")
+            key_pk = key.pk
+        rows = selectors.usage_series(
+            organization=self.organization,
+            start=params["start"],
+            end=params["end"],
+            granularity=params["granularity"],
+            group_by=params["group_by"],
+            key_id=key_pk,
+            model=params.get("model"),
+        )
+        if len(rows) > MAX_ROWS:
+            raise DomainError(f"More than {MAX_ROWS} rows: narrow the range or use day granularity.")
+        data = [_row(raw) for raw in rows]
+        totals = selectors.usage_totals(
+            organization=self.organization,
+            start=params["start"],
+            end=params["end"],
+            key_id=key_pk,
+            model=params.get("model"),
+        )
+        if params["format"] == "csv":
+            return _csv(data, params)
+        return Response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "granularity": params["granularity"],
+                "group_by": list(params["group_by"]),
+                "data": UsageRowSerializer(data, many=True).data,
+                "totals": totals,
+            }
+        )
+
+
+def _csv(data: list[dict], params: dict) -> HttpResponse:
+    columns = ["period"]
+    if "model" in params["group_by"]:
+        columns.append("model")
+    if "key" in params["group_by"]:
+        columns += ["key_id", "key_name"]
+    columns += list(selectors.METRICS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in data:
+        writer.writerow(
+            [row["period"].isoformat() if column == "period" else row[column] for column in columns]
+        )
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+    return response

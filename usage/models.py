@@ -1,0 +1,94 @@
+from django.db import models
+
+from portal.models import Organization
+from portal.tenancy import TenantManager, UnscopedManager
+
+
+class UsageEvent(models.Model):
+    """One served request, as metered. Raw rows live in a table partitioned by month.
+
+    The table is created by SQL in migration 0001 (declarative partitioning is not a
+    Django model feature); the primary key is ``(event_id, occurred_at)``, so an event
+    redelivered with the same id and time is refused by the database, never counted twice.
+    """
+
+    event_id = models.UUIDField(primary_key=True)
+    occurred_at = models.DateTimeField()
+    organization = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key = models.ForeignKey("keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    model = models.CharField(max_length=200)
+    endpoint = models.CharField(max_length=32)
+    status = models.SmallIntegerField()
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    cached_tokens = models.BigIntegerField()
+    estimated = models.BooleanField()
+    cost_micro_minor = models.BigIntegerField()
+    latency_ms = models.FloatField(null=True)
+    ttft_ms = models.FloatField(null=True)
+    request_id = models.CharField(max_length=128)
+    source = models.CharField(max_length=16)
+    billed_period = models.DateField()
+    late = models.BooleanField()
+    ingested_at = models.DateTimeField()
+
+    objects = TenantManager()
+    unscoped = UnscopedManager()
+
+    class Meta:
+        managed = False
+        db_table = "usage_event"
+        default_manager_name = "unscoped"
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.model}"
+
+
+class UsageRollup(models.Model):
+    """Totals per organization, key, model and hour; updated in the raw insert's transaction."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey("keys.ApiKey", on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)
+    hour = models.DateTimeField()
+    billed_period = models.DateField(help_text="First day of the month whose invoice carries these events.")
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    estimated_requests = models.BigIntegerField(default=0)
+    cost_micro_minor = models.BigIntegerField(default=0)
+
+    objects = TenantManager()
+    unscoped = UnscopedManager()
+
+    class Meta:
+        default_manager_name = "unscoped"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "key", "model", "hour", "billed_period"], name="usage_rollup_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["organization", "hour"]),
+            models.Index(fields=["organization", "billed_period"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.key_id}/{self.model} @ {self.hour:%Y-%m-%d %H}:00"
+
+
+class ClosedPeriod(models.Model):
+    """A billing month that is closed: events that arrive for it go to the next open month."""
+
+    period = models.DateField(unique=True, help_text="First day of the closed month.")
+    closed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-period"]
+
+    def __str__(self) -> str:
+        return f"closed {self.period:%Y-%m}"
