@@ -7,6 +7,7 @@ from decimal import Decimal
 from django import forms
 from django.core.exceptions import ValidationError
 
+from keys import services
 from keys.models import ApiKey
 from portal.errors import DomainError
 from portal.roles import Role
@@ -84,6 +85,14 @@ class DomainErrorFormMixin:
         self.add_error(field if field in self.fields else None, error.message)
 
 
+def _service_cleaned(clean, values):
+    """Check with the service's own rules, so that every error shows at once."""
+    try:
+        return clean(values)
+    except DomainError as error:
+        raise ValidationError(error.message, code=error.code)
+
+
 class ApiKeyForm(DomainErrorFormMixin, forms.Form):
     """The settings of a key that can change over its life (everything but the environment)."""
 
@@ -133,6 +142,12 @@ class ApiKeyForm(DomainErrorFormMixin, forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
         help_text='A JSON object for your own bookkeeping, e.g. {"team": "search"}.',
     )
+
+    def clean_allowed_models(self) -> list[str]:
+        return _service_cleaned(services.clean_allowed_models, self.cleaned_data["allowed_models"])
+
+    def clean_allowed_ips(self) -> list[str]:
+        return _service_cleaned(services.clean_allowed_ips, self.cleaned_data["allowed_ips"])
 
     @staticmethod
     def initial_for(key: ApiKey) -> dict:

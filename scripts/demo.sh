@@ -96,8 +96,13 @@ cat <<EOF
     admin      $SITE_URL/admin/
     API docs   $SITE_URL/api/docs/
     health     $SITE_URL/healthz  $SITE_URL/readyz  $SITE_URL/metrics
+    edge       http://localhost:8080/v1  (OpenAI-compatible; a mock model server answers behind it)
 
 $(while IFS= read -r line; do printf '  %s\n' "$line"; done <<<"$credentials")
+
+  Try the edge with the demo key:
+    curl http://localhost:8080/v1/chat/completions -H "Authorization: Bearer \$(cat .run/demo_api_key)" \\
+      -H "Content-Type: application/json" -d '{"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]}'
 
   Emails (sign-up verification, invitations) are printed below by the worker.
 

@@ -359,6 +359,31 @@ def test_invalid_key_input_is_refused_with_a_readable_message_and_creates_nothin
     assert not AuditEvent.objects.filter(organization=organization).filter(action="key.created").exists()
 
 
+def test_every_invalid_key_field_is_reported_at_once(client):
+    organization = make_org()
+    _logged_in(client, organization, Role.DEVELOPER)
+    response = client.post(
+        reverse("org-key-create", args=[organization.slug]),
+        {
+            "name": "Broken",
+            "environment": "live",
+            "allowed_ips": "192.168.1.1/24",
+            "metadata": "[]",
+            "budget": "1.234",
+            "budget_alert_percent": "80",
+        },
+    )
+    assert response.status_code == 400
+    assert response.context["form"].errors == {
+        "allowed_ips": [
+            "'192.168.1.1/24' is not an IPv4/IPv6 address or CIDR range: 192.168.1.1/24 has host bits set."
+        ],
+        "metadata": ['Enter a JSON object, like {"team": "search"}.'],
+        "budget": ["Give the budget in dollars and cents: at most 2 decimals."],
+    }
+    assert ApiKey.objects.for_organization(organization).count() == 0
+
+
 def test_budget_dollars_convert_to_cents_exactly():
     from decimal import Decimal
 

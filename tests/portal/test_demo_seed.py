@@ -1,9 +1,13 @@
 import io
+from decimal import Decimal
 
 import pytest
 from allauth.account.models import EmailAddress
 from django.core.management import CommandError, call_command
 
+from billing.models import ModelPrice
+from keys.models import ApiKey, ApiKeySecret
+from keys.services import secret_hash
 from portal import services
 from portal.audit import Actor
 from portal.models import AuditEvent, Membership, Organization, User
@@ -17,15 +21,18 @@ ADMIN = "admin@tollgate.local"
 
 def seed(password_file) -> str:
     out = io.StringIO()
-    call_command("demo_seed", password_file=password_file, stdout=out)
+    key_file = password_file.parent / "demo_api_key"
+    call_command("demo_seed", password_file=password_file, key_file=key_file, stdout=out)
     return out.getvalue()
 
 
-def expected_output(password: str) -> str:
+def expected_output(password: str, key_file=None) -> str:
+    secret = key_file.read_text().strip() if key_file is not None else "{secret}"
     return (
         "Demo organization  Demo Inc  http://testserver/o/demo/\n"
         f"Owner (console)    {OWNER}  password: {password}\n"
         f"Staff (admin)      {ADMIN}  password: {password}  http://testserver/admin/\n"
+        f"API key (edge)     {secret}  models: demo-chat, demo-embed\n"
     )
 
 
@@ -48,6 +55,11 @@ def database_rows() -> dict:
         "audit": list(
             AuditEvent.objects.order_by("pk").values_list("pk", "action", "actor_label", "target_id")
         ),
+        "keys": list(ApiKey.unscoped.values_list("pk", "name", "allowed_models", "rpm_limit")),
+        "secrets": list(ApiKeySecret.objects.values_list("pk", "secret_hash", "revoked_at", "expires_at")),
+        "prices": list(
+            ModelPrice.objects.order_by("model").values_list("pk", "model", "output_per_mtok_minor")
+        ),
     }
 
 
@@ -64,8 +76,13 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
 
     assert len(password) == 16
     assert password_file.stat().st_mode & 0o777 == 0o600
-    assert first == expected_output(password)
+    key_file = tmp_path / "demo_api_key"
+    assert first == expected_output(password, key_file)
     assert second == first
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    secret = key_file.read_text().strip()
+    assert secret.startswith("tg_live_")
+    assert ApiKeySecret.objects.get().secret_hash == secret_hash(secret)
     assert database_rows() == after_first
 
     owner = User.objects.get(email=OWNER)
@@ -83,9 +100,36 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
         (ADMIN, ADMIN, True, True),
         (OWNER, OWNER, True, True),
     ]
+    key = ApiKey.unscoped.get()
+    prices = ModelPrice.objects.order_by("model")
     assert [row[1:] for row in after_first["audit"]] == [
         ("organization.created", OWNER, str(organization.pk)),
+        ("key.created", OWNER, key.public_id),
+        ("price.set", OWNER, str(prices[0].pk)),
+        ("price.set", OWNER, str(prices[1].pk)),
     ]
+    assert [row[1:] for row in after_first["keys"]] == [("Demo key", ["demo-*"], 600)]
+    assert [row[1:] for row in after_first["prices"]] == [
+        ("demo-chat", Decimal("150.000000")),
+        ("demo-embed", Decimal("150.000000")),
+    ]
+
+
+def test_seed_mints_a_new_demo_secret_when_the_stored_one_is_lost(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_PASSWORD", "chosen-demo-password-9")
+    password_file = tmp_path / "demo_password"
+    seed(password_file)
+    key_file = tmp_path / "demo_api_key"
+    first_secret = key_file.read_text().strip()
+    key_file.unlink()
+
+    output = seed(password_file)
+
+    second_secret = key_file.read_text().strip()
+    assert second_secret != first_secret
+    assert output == expected_output("chosen-demo-password-9", key_file)
+    key = ApiKey.unscoped.get()
+    assert [s.secret_hash for s in key.secrets.live()] == [secret_hash(second_secret)]
 
 
 def test_seed_uses_demo_password_from_the_environment_and_writes_no_file(tmp_path, monkeypatch):
@@ -94,7 +138,7 @@ def test_seed_uses_demo_password_from_the_environment_and_writes_no_file(tmp_pat
 
     output = seed(password_file)
 
-    assert output == expected_output("chosen-demo-password-9")
+    assert output == expected_output("chosen-demo-password-9", tmp_path / "demo_api_key")
     assert not password_file.exists()
     assert User.objects.get(email=OWNER).check_password("chosen-demo-password-9")
     assert User.objects.get(email=ADMIN).check_password("chosen-demo-password-9")
@@ -111,7 +155,7 @@ def test_seed_restores_the_printed_password_after_it_was_changed(tmp_path, monke
 
     output = seed(password_file)
 
-    assert output == expected_output(password)
+    assert output == expected_output(password, tmp_path / "demo_api_key")
     owner.refresh_from_db()
     assert owner.check_password(password)
     assert User.objects.count() == 2

@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from allauth.account.models import EmailAddress
@@ -81,6 +82,63 @@ def _organization_ensure(*, owner: User) -> Organization:
     return organization
 
 
+DEMO_KEY_NAME = "Demo key"
+DEMO_MODELS = ("demo-chat", "demo-embed")
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+
+
+def _demo_key_ensure(*, owner: User, organization: Organization, path: Path) -> str:
+    """Return the demo key's secret: kept in ``path`` (mode 600) because it is shown only once."""
+    from keys import services as key_services
+    from keys.models import ApiKey
+
+    key = ApiKey.objects.for_organization(organization).filter(name=DEMO_KEY_NAME, revoked_at=None).first()
+    stored = path.read_text().strip() if path.exists() else ""
+    if (
+        key is not None
+        and stored
+        and key.secrets.live().filter(secret_hash=key_services.secret_hash(stored)).exists()
+    ):
+        return stored
+    if key is None:
+        key, secret = key_services.api_key_create(
+            actor=Actor(user=owner),
+            organization=organization,
+            name=DEMO_KEY_NAME,
+            allowed_models=["demo-*"],
+            rpm_limit=600,
+            budget_monthly_minor=10_000,
+        )
+    else:
+        # The stored secret is gone: mint a new one on the same key.
+        key, secret, _previous = key_services.api_key_rotate(
+            actor=Actor(user=owner), key=key, grace_period=timedelta(0)
+        )
+    _write_secret(path, secret)
+    return secret
+
+
+def _demo_prices_ensure(*, owner: User) -> None:
+    from billing import services as billing_services
+    from billing.models import ModelPrice
+
+    for model in DEMO_MODELS:
+        if not ModelPrice.objects.filter(model=model).exists():
+            billing_services.model_price_set(
+                actor=Actor(user=owner),
+                model=model,
+                input_per_mtok_minor="50",
+                output_per_mtok_minor="150",
+                cached_input_per_mtok_minor="25",
+            )
+
+
 class Command(BaseCommand):
     help = "Create the demo owner, the Demo Inc organization and a staff admin; print their credentials."
 
@@ -91,18 +149,27 @@ class Command(BaseCommand):
             default=settings.BASE_DIR / ".run" / "demo_password",
             help="Where the generated password is kept when DEMO_PASSWORD is not set.",
         )
+        parser.add_argument(
+            "--key-file",
+            type=Path,
+            default=settings.BASE_DIR / ".run" / "demo_api_key",
+            help="Where the demo API key's secret is kept (it is shown only once).",
+        )
 
-    def handle(self, *args, password_file: Path, **options):
+    def handle(self, *args, password_file: Path, key_file: Path, **options):
         password = demo_password(path=password_file)
         try:
             with transaction.atomic():
                 owner = _user_ensure(email=OWNER_EMAIL, password=password, superuser=False)
                 _user_ensure(email=ADMIN_EMAIL, password=password, superuser=True)
                 organization = _organization_ensure(owner=owner)
+                api_key = _demo_key_ensure(owner=owner, organization=organization, path=key_file)
+                _demo_prices_ensure(owner=owner)
         except DomainError as error:
             raise CommandError(error.message) from error
         self.stdout.write(
             f"Demo organization  {organization.name}  {settings.SITE_URL}/o/{organization.slug}/\n"
             f"Owner (console)    {OWNER_EMAIL}  password: {password}\n"
-            f"Staff (admin)      {ADMIN_EMAIL}  password: {password}  {settings.SITE_URL}/admin/"
+            f"Staff (admin)      {ADMIN_EMAIL}  password: {password}  {settings.SITE_URL}/admin/\n"
+            f"API key (edge)     {api_key}  models: {', '.join(DEMO_MODELS)}"
         )
