@@ -147,9 +147,7 @@ class KeyListView(OrganizationAPIView):
         operation_id="keys_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=ApiKeyCreateSerializer,
-        responses=responses(
-            {201: ApiKeyCreatedSerializer}, 400, 401, 403, 404, 429, extra={422: PROBLEMS[400]}
-        ),
+        responses=responses({201: ApiKeyCreatedSerializer}, 400, 401, 403, 404, 422, 429),
     )
     def post(self, request):
         data = ApiKeyCreateSerializer(data=request.data)
@@ -205,7 +203,7 @@ class KeyRotateView(_KeyView):
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=RotateSerializer,
         responses=responses(
-            ApiKeyRotatedSerializer, 400, 401, 403, 404, 429, extra={409: PROBLEMS[400], 422: PROBLEMS[400]}
+            ApiKeyRotatedSerializer, 400, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}
         ),
     )
     def post(self, request, key_id: str):
@@ -228,7 +226,7 @@ class KeyRevokeView(_KeyView):
         operation_id="keys_revoke",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=None,
-        responses=responses(ApiKeySerializer, 401, 403, 404, 429),
+        responses=responses(ApiKeySerializer, 401, 403, 404, 422, 429),
     )
     def post(self, request, key_id: str):
         key = services.api_key_revoke(actor=self.actor, key=self._key(key_id))

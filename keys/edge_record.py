@@ -14,7 +14,9 @@ Redis key ``tg:key:<hex HMAC-SHA256 of the secret under KEY_PEPPER>`` holds a JS
       "allowed_models": ["gpt-4o*"],     # exact names or fnmatch globs; [] = every model
       "allowed_ips": ["10.0.0.0/8"],     # CIDR; [] = anywhere
       "limits": {"rpm": 600, "tpm": null, "concurrency": 10},   # null = unlimited
-      "budget": {"monthly_minor": 5000, "alert_minor": 4000}     # cents; null = no cap
+      "budget": {"monthly_minor": 5000, "alert_minor": 4000},    # cents; null = no cap
+      "org_limits": {"rpm": 6000, "tpm": null, "concurrency": 50},  # over all the org's keys
+      "org_budget": {"monthly_minor": 100000}                      # cents, over all its keys
     }
 
 A secret is usable when ``status == "active"``, ``org_status != "suspended"`` and neither
@@ -41,11 +43,12 @@ def _epoch(value) -> int | None:
 
 def key_record(key, secret) -> dict:
     """Build the record for one secret of a key (key.organization must be loaded)."""
+    organization = key.organization
     return {
         "v": SCHEMA_VERSION,
         "key_id": key.public_id,
         "org_id": key.organization_id,
-        "org_status": key.organization.status,
+        "org_status": organization.status,
         "environment": key.environment,
         "status": "revoked" if (key.revoked_at or secret.revoked_at) else "active",
         "expires_at": _epoch(key.expires_at),
@@ -54,6 +57,12 @@ def key_record(key, secret) -> dict:
         "allowed_ips": list(key.allowed_ips),
         "limits": {"rpm": key.rpm_limit, "tpm": key.tpm_limit, "concurrency": key.concurrency_limit},
         "budget": {"monthly_minor": key.budget_monthly_minor, "alert_minor": key.budget_alert_minor},
+        "org_limits": {
+            "rpm": organization.rpm_limit,
+            "tpm": organization.tpm_limit,
+            "concurrency": organization.concurrency_limit,
+        },
+        "org_budget": {"monthly_minor": organization.budget_monthly_minor},
     }
 
 

@@ -53,17 +53,24 @@ class OrganizationAPIView(APIView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         self._resolve_organization(request)
+        self._publish_organization(request)
         self.check_permissions(request)
         self._claim = None
         key = request.headers.get("Idempotency-Key")
         if request.method == "POST" and key is not None:
             self._claim = idempotency_claim(
-                credential=self.credential_id,
+                # Scoped to the organization as well: a session acts in several, and a replay
+                # must never hand one tenant's stored response to a request made in another.
+                credential=f"{self.credential_id}:org:{self.organization.pk}",
                 key=key,
                 request_fingerprint=fingerprint(request.method, request.path, request._request.body),
             )
             if self._claim.replay is not None:
                 raise _Replay(*self._claim.replay)
+
+    def _publish_organization(self, request) -> None:
+        # The request log line names the organization, as for console pages.
+        request._request.organization = self.organization
 
     def check_permissions(self, request):
         # Permissions need the role, so they run after the organization is resolved.

@@ -65,7 +65,9 @@ def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
 def exception_handler(exc, context):
     if isinstance(exc, DomainError):
         errors = {exc.field: [exc.message]} if exc.field else None
-        return problem(exc.status, exc.code, exc.message, errors=errors)
+        # A refused field reads like any other validation error, whichever layer refused it.
+        code = "validation_error" if exc.field and exc.code == DomainError.code else exc.code
+        return problem(exc.status, code, exc.message, errors=errors)
     if isinstance(exc, Http404):
         return problem(404, "not_found", "Not found.")
     if isinstance(exc, PermissionDenied):

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from portal import selectors, services
 from portal.api.base import OrganizationAPIView
+from portal.api.problems import PROBLEM_CONTENT_TYPE
 from portal.api.serializers import (
     AuditEventSerializer,
     InvitationCreateSerializer,
@@ -22,10 +23,11 @@ from portal.roles import Perm
 PROBLEMS = {
     code: OpenApiResponse(ProblemSerializer, description=text)
     for code, text in {
-        400: "Invalid request (problem+json, per-field errors)",
+        400: "Invalid request (problem+json, per-field errors), or no organization named",
         401: "Not authenticated",
         403: "The role lacks the permission",
         404: "Not found, or another organization's",
+        422: "Idempotency-Key reused with a different request",
         429: "Rate limited; see Retry-After",
     }.items()
 }
@@ -45,12 +47,18 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
+# Every tenant operation can answer these: no organization named (400), not authenticated
+# (401), role, MFA or CSRF (403), not a member (404), rate limited (429).
+ALWAYS = (400, 401, 403, 404, 429)
+
+
 def responses(ok, *codes, extra=None):
+    """Document the success body, then each error as the problem+json it is served as."""
     result = {**ok} if isinstance(ok, dict) else {200: ok}
-    for code in codes:
-        result[code] = PROBLEMS[code]
-    if extra:
-        result.update(extra)
+    for code in sorted(set(codes) | set(ALWAYS)):
+        result[(code, PROBLEM_CONTENT_TYPE)] = PROBLEMS[code]
+    for code, problem in (extra or {}).items():
+        result[(code, PROBLEM_CONTENT_TYPE)] = problem
     return result
 
 
@@ -159,7 +167,9 @@ class InvitationListView(OrganizationAPIView):
         operation_id="invitations_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=InvitationCreateSerializer,
-        responses=responses({201: InvitationSerializer}, 400, 401, 403, 404, 429, extra={409: PROBLEMS[400]}),
+        responses=responses(
+            {201: InvitationSerializer}, 400, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}
+        ),
     )
     def post(self, request):
         data = InvitationCreateSerializer(data=request.data)
@@ -177,7 +187,7 @@ class InvitationRevokeView(OrganizationAPIView):
         operation_id="invitations_revoke",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=None,
-        responses=responses(InvitationSerializer, 401, 403, 404, 429, extra={409: PROBLEMS[400]}),
+        responses=responses(InvitationSerializer, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}),
     )
     def post(self, request, invitation_id: int):
         invitation = selectors.invitation_get(organization=self.organization, invitation_id=invitation_id)

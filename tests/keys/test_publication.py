@@ -103,6 +103,8 @@ def test_created_key_record_is_exactly_the_v1_schema(actor, organization, publis
         "allowed_ips": ["10.0.0.0/8"],
         "limits": {"rpm": 600, "tpm": None, "concurrency": 10},
         "budget": {"monthly_minor": 5000, "alert_minor": 4000},
+        "org_limits": {"rpm": None, "tpm": None, "concurrency": None},
+        "org_budget": {"monthly_minor": None},
     }
     # A key that expires keeps its record until the tombstone period after the expiry.
     ttl = redis_client.ttl(redis_key(secret_hash))
@@ -116,6 +118,7 @@ def test_key_without_expiry_has_a_record_without_ttl(actor, organization, publis
     assert record["expires_at"] is None
     assert record["limits"] == {"rpm": None, "tpm": None, "concurrency": None}
     assert record["budget"] == {"monthly_minor": None, "alert_minor": None}
+    assert record["org_limits"] == {"rpm": None, "tpm": None, "concurrency": None}
     assert redis_client.ttl(redis_key(services.secret_hash(plaintext))) == -1
 
 
@@ -219,7 +222,7 @@ def test_edge_sync_rebuilds_every_record_from_an_empty_redis(actor, organization
     out = io.StringIO()
     call_command("edge_sync", stdout=out)
 
-    assert out.getvalue() == "edge_sync: wrote 4 key records\n"
+    assert out.getvalue() == "edge_sync: wrote 4 key records and 0 prices\n"
     stored = {name.decode(): json.loads(redis_client.get(name)) for name in redis_client.keys("tg:key:*")}
     assert stored == expected
     live = ApiKeySecret.objects.live().filter(key__revoked_at=None)
@@ -285,3 +288,18 @@ def test_reconcile_restores_a_record_whose_publication_was_lost(django_capture_o
     client.delete(name)
     assert edge_reconcile() == {"checked": 0, "removed": 0, "repaired": 0, "restored": 1}
     assert json.loads(client.get(name))["key_id"] == key.public_id
+
+
+def test_organization_limits_reach_every_record_of_its_keys(actor, organization, publish, redis_client):
+    with publish():
+        _key, plaintext = services.api_key_create(actor=actor, organization=organization, name="ci")
+        portal_services.organization_set_limits(
+            actor=actor,
+            organization=organization,
+            rpm_limit=6000,
+            concurrency_limit=50,
+            budget_monthly_minor=100000,
+        )
+    record = _stored(redis_client, services.secret_hash(plaintext))
+    assert record["org_limits"] == {"rpm": 6000, "tpm": None, "concurrency": 50}
+    assert record["org_budget"] == {"monthly_minor": 100000}
