@@ -11,7 +11,16 @@ from tests.factories import PASSWORD
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SIDEBAR = ["Dashboard", "API keys", "Service accounts", "Usage", "Billing", "Members", "Audit log", "Settings"]
+SIDEBAR = [
+    "Dashboard",
+    "API keys",
+    "Service accounts",
+    "Usage",
+    "Billing",
+    "Members",
+    "Audit log",
+    "Settings",
+]
 
 
 def test_new_user_signs_up_verifies_email_and_creates_first_organization(page, live_server, mailoutbox):
