@@ -31,6 +31,7 @@ from portal.forms import (
     RoleForm,
 )
 from portal.roles import Perm, Role
+from usage.views import dashboard_usage
 
 
 def ratelimited(request, exception):
@@ -76,6 +77,12 @@ class OrganizationCreateView(View):
 
 class DashboardView(OrganizationMixin, TemplateView):
     template_name = "portal/dashboard.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if self.can(Perm.USAGE_VIEW):
+            context["usage"] = dashboard_usage(organization=self.organization, now=timezone.now())
+        return context
 
 
 class PlaceholderView(OrganizationMixin, TemplateView):

@@ -1,13 +1,12 @@
 """Usage over the REST API: post events from another gateway; read usage from the rollups."""
 
-import csv
-import io
 from datetime import timedelta
 
-from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from keys.models import ApiKey
@@ -16,8 +15,7 @@ from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, responses
 from portal.errors import DomainError
 from portal.roles import Perm
 from usage import selectors, services
-
-MAX_ROWS = 10_000
+from usage.export import usage_csv_response, usage_rows
 
 
 class UsageEventInSerializer(serializers.Serializer):
@@ -59,7 +57,7 @@ class UsageEventsView(OrganizationAPIView):
         operation_id="usage_events_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=UsageEventsInSerializer,
-        responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 429),
+        responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 422, 429),
         description="Post up to 1,000 usage events. Each gets a result: accepted, duplicate (not an error) "
         "or rejected with the reason. Invalid items never stop the valid ones.",
     )
@@ -162,20 +160,27 @@ class UsageResultSerializer(serializers.Serializer):
     totals = UsageTotalsSerializer()
 
 
-def _row(raw: dict) -> dict:
-    row = {"period": raw["period"]}
-    if "group_model" in raw:
-        row["model"] = raw["group_model"]
-    if "group_key" in raw:
-        row["key_id"] = raw["group_key"]
-        row["key_name"] = raw["group_key_name"]
-    for metric in selectors.METRICS:
-        row[metric] = raw[metric] or 0
-    return row
+class CSVRenderer(BaseRenderer):
+    """Lets ``?format=csv`` select the CSV answer; the view builds the CSV response itself."""
+
+    media_type = "text/csv"
+    format = "csv"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data
+
+
+class FormatNegotiation(DefaultContentNegotiation):
+    """Leave an unknown ``?format=`` to the query serializer: a 400 naming the field, not a 404."""
+
+    def filter_renderers(self, renderers, format):
+        return [renderer for renderer in renderers if renderer.format == format] or list(renderers)
 
 
 class UsageView(OrganizationAPIView):
     required_permissions = {"GET": Perm.USAGE_VIEW}
+    renderer_classes = [JSONRenderer, CSVRenderer]
+    content_negotiation_class = FormatNegotiation
 
     @extend_schema(
         operation_id="usage_retrieve",
@@ -194,7 +199,7 @@ class UsageView(OrganizationAPIView):
             if key is None:
                 raise DomainError("No such key in this organization.", field="key")
             key_pk = key.pk
-        rows = selectors.usage_series(
+        data = usage_rows(
             organization=self.organization,
             start=params["start"],
             end=params["end"],
@@ -203,9 +208,6 @@ class UsageView(OrganizationAPIView):
             key_id=key_pk,
             model=params.get("model"),
         )
-        if len(rows) > MAX_ROWS:
-            raise DomainError(f"More than {MAX_ROWS} rows: narrow the range or use day granularity.")
-        data = [_row(raw) for raw in rows]
         totals = selectors.usage_totals(
             organization=self.organization,
             start=params["start"],
@@ -214,7 +216,7 @@ class UsageView(OrganizationAPIView):
             model=params.get("model"),
         )
         if params["format"] == "csv":
-            return _csv(data, params)
+            return usage_csv_response(data, group_by=params["group_by"])
         return Response(
             {
                 "start": params["start"],
@@ -225,22 +227,3 @@ class UsageView(OrganizationAPIView):
                 "totals": totals,
             }
         )
-
-
-def _csv(data: list[dict], params: dict) -> HttpResponse:
-    columns = ["period"]
-    if "model" in params["group_by"]:
-        columns.append("model")
-    if "key" in params["group_by"]:
-        columns += ["key_id", "key_name"]
-    columns += list(selectors.METRICS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row in data:
-        writer.writerow(
-            [row["period"].isoformat() if column == "period" else row[column] for column in columns]
-        )
-    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
-    response["Content-Disposition"] = 'attachment; filename="usage.csv"'
-    return response

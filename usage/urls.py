@@ -1,12 +1,8 @@
 from django.urls import path
 
-from portal.roles import Perm
-from portal.views import PlaceholderView
+from usage import views
 
 urlpatterns = [
-    path(
-        "usage/",
-        PlaceholderView.as_view(title="Usage", required_permission=Perm.USAGE_VIEW),
-        name="org-usage",
-    ),
+    path("usage/", views.UsageView.as_view(), name="org-usage"),
+    path("usage.csv", views.UsageExportView.as_view(), name="org-usage-export"),
 ]

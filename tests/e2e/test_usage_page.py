@@ -1,0 +1,163 @@
+"""The Usage page and the dashboard in the browser: Chart.js draws the rollups, the range and
+key pickers narrow them, and the CSV link downloads them."""
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from keys import services as key_services
+from portal.audit import Actor
+from tests.e2e.conftest import log_in
+from tests.factories import make_org, make_user
+from usage.models import UsageRollup
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LLAMA = "llama-3.1-8b-instruct"
+QWEN = "qwen-2.5-72b"
+CSV_HEADER = (
+    "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests"
+)
+DATASETS = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.map((dataset) => dataset.label)"
+SUM = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.flatMap((d) => d.data).reduce((a, b) => a + b, 0)"
+
+
+@pytest.fixture
+def acme():
+    """Acme AI with two keys: 12 requests in the last two hours and 9 three days ago."""
+    owner = make_user("owner@example.com")
+    organization = make_org(owner, name="Acme AI")
+    keys = {}
+    for name in ("Search backend", "Batch jobs"):
+        keys[name], _secret = key_services.api_key_create(
+            actor=Actor(user=owner), organization=organization, name=name
+        )
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    rows = [
+        ("Search backend", LLAMA, hour, 5, 1_000, 400),
+        ("Batch jobs", QWEN, hour - timedelta(hours=1), 7, 2_100, 700),
+        ("Batch jobs", LLAMA, hour - timedelta(days=3), 9, 2_700, 900),
+    ]
+    UsageRollup.unscoped.bulk_create(
+        UsageRollup(
+            organization=organization,
+            key=keys[name],
+            model=model,
+            hour=at,
+            billed_period=at.date().replace(day=1),
+            requests=requests,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        for name, model, at, requests, input_tokens, output_tokens in rows
+    )
+    return organization, keys
+
+
+def _wait_for_chart(page, canvas_id: str) -> None:
+    page.wait_for_function(
+        "(id) => window.Chart !== undefined && Chart.getChart(document.getElementById(id)) !== undefined",
+        arg=canvas_id,
+    )
+
+
+def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, live_server, acme):
+    organization, keys = acme
+    base = live_server.url
+    log_in(page, base, "owner@example.com")
+    page.locator("aside.sidenav").get_by_role("link", name="Usage").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
+
+    # The default week: both charts drawn, one dataset per model (two per model for tokens).
+    _wait_for_chart(page, "chart-requests")
+    _wait_for_chart(page, "chart-tokens")
+    assert page.evaluate("typeof window.Chart") == "function"
+    assert page.evaluate(DATASETS, "chart-requests") == [LLAMA, QWEN]
+    assert page.evaluate(DATASETS, "chart-tokens") == [
+        f"{LLAMA} · input",
+        f"{LLAMA} · output",
+        f"{QWEN} · input",
+        f"{QWEN} · output",
+    ]
+    assert page.evaluate(SUM, "chart-requests") == 21
+    assert page.evaluate(SUM, "chart-tokens") == 1_400 + 2_800 + 3_600
+    expect(page.locator('[data-total="requests"]')).to_have_text("21")
+    expect(page.get_by_role("button", name="Last 7 days")).to_have_attribute("aria-current", "true")
+
+    # The last 24 hours leave out the requests of three days ago.
+    page.get_by_role("button", name="Last 24 hours").click()
+    expect(page).to_have_url(f"{base}/o/{organization.slug}/usage/?range=24h")
+    expect(page.get_by_role("button", name="Last 24 hours")).to_have_attribute("aria-current", "true")
+    expect(page.locator('[data-total="requests"]')).to_have_text("12")
+    _wait_for_chart(page, "chart-requests")
+    assert page.evaluate(SUM, "chart-requests") == 12
+    expect(page.locator("#top-keys tbody tr td:first-child a")).to_have_text(["Batch jobs", "Search backend"])
+
+    # One key: its name in the heading, only its model on the charts.
+    page.locator("#top-keys").get_by_role("link", name="Batch jobs").click()
+    batch = keys["Batch jobs"]
+    expect(page).to_have_url(f"{base}/o/{organization.slug}/usage/?range=24h&key={batch.public_id}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Usage · Batch jobs")
+    expect(page.locator("#usage-key")).to_contain_text(batch.public_id)
+    expect(page.locator('[data-total="requests"]')).to_have_text("7")
+    _wait_for_chart(page, "chart-requests")
+    assert page.evaluate(DATASETS, "chart-requests") == [QWEN]
+    assert page.evaluate(DATASETS, "chart-tokens") == [f"{QWEN} · input", f"{QWEN} · output"]
+
+    # The CSV of what is on screen.
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename.startswith(f"usage-acme-ai-{batch.public_id}-")
+    with open(download.path(), newline="") as file:
+        text = file.read()
+    assert text.splitlines()[0] == CSV_HEADER
+    records = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["model"], r["key_id"], r["key_name"], r["requests"]) for r in records] == [
+        (QWEN, batch.public_id, "Batch jobs", "7")
+    ]
+
+    # Back to every key, then dates chosen by hand: more than 31 days are shown by day.
+    page.get_by_role("link", name="All keys").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
+    today = timezone.now().date()
+    page.get_by_label("From", exact=True).fill((today - timedelta(days=40)).isoformat())
+    page.get_by_label("To", exact=True).fill(today.isoformat())
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#usage-window")).to_contain_text("by day")
+    expect(page.locator('[data-total="requests"]')).to_have_text("21")
+    _wait_for_chart(page, "chart-requests")
+    assert page.evaluate("Chart.getChart(document.getElementById('chart-requests')).data.labels.length") == 41
+
+
+def test_bad_dates_show_the_reason_in_the_page(page, live_server, acme):
+    organization, _keys = acme
+    base = live_server.url
+    log_in(page, base, "owner@example.com")
+    response = page.goto(f"{base}/o/{organization.slug}/usage/?start=2026-03-09&end=2026-03-01")
+    assert response.status == 400
+    expect(page.get_by_role("alert")).to_have_text("The start date must be on or before the end date.")
+    expect(page.locator("canvas")).to_have_count(0)
+
+
+def test_dashboard_draws_the_weeks_requests_and_tokens_and_top_keys(page, live_server, acme):
+    organization, keys = acme
+    base = live_server.url
+    log_in(page, base, "owner@example.com")
+    page.goto(f"{base}/o/{organization.slug}/")
+    _wait_for_chart(page, "chart-overview")
+    assert page.evaluate(DATASETS, "chart-overview") == ["Requests", "Tokens"]
+    assert page.evaluate("Chart.getChart(document.getElementById('chart-overview')).data.labels.length") == 7
+    requests_per_day = page.evaluate(
+        "Chart.getChart(document.getElementById('chart-overview')).data.datasets[0].data"
+    )
+    assert sum(requests_per_day) == 21
+    expect(page.locator("#usage-overview [data-total='requests']")).to_have_text("21")
+    expect(page.locator("#top-keys tbody tr td:first-child a")).to_have_text(["Batch jobs", "Search backend"])
+    page.locator("#top-keys").get_by_role("link", name="Search backend").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Usage · Search backend")
+    expect(page.locator('[data-total="requests"]')).to_have_text("5")

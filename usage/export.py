@@ -1,0 +1,71 @@
+"""Usage rows as the API and the CSV downloads show them: one shape, one CSV writer."""
+
+import csv
+import io
+from datetime import datetime
+
+from django.http import HttpResponse
+
+from portal.errors import DomainError
+from usage import selectors
+
+MAX_ROWS = 10_000
+
+
+def usage_rows(
+    *,
+    organization,
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    group_by: tuple[str, ...] = (),
+    key_id: int | None = None,
+    model: str | None = None,
+) -> list[dict]:
+    """Return one row per period and group, from the rollups; refuse more than ``MAX_ROWS``."""
+    series = selectors.usage_series(
+        organization=organization,
+        start=start,
+        end=end,
+        granularity=granularity,
+        group_by=group_by,
+        key_id=key_id,
+        model=model,
+    )
+    if len(series) > MAX_ROWS:
+        raise DomainError(f"More than {MAX_ROWS} rows: narrow the range or use day granularity.")
+    return [_row(raw) for raw in series]
+
+
+def _row(raw: dict) -> dict:
+    row = {"period": raw["period"]}
+    if "group_model" in raw:
+        row["model"] = raw["group_model"]
+    if "group_key" in raw:
+        row["key_id"] = raw["group_key"]
+        row["key_name"] = raw["group_key_name"]
+    for metric in selectors.METRICS:
+        row[metric] = raw[metric] or 0
+    return row
+
+
+def usage_csv_response(
+    rows: list[dict], *, group_by: tuple[str, ...], filename: str = "usage.csv"
+) -> HttpResponse:
+    """Render ``usage_rows`` output as a CSV attachment, columns in a fixed order."""
+    columns = ["period"]
+    if "model" in group_by:
+        columns.append("model")
+    if "key" in group_by:
+        columns += ["key_id", "key_name"]
+    columns += list(selectors.METRICS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(
+            [row["period"].isoformat() if column == "period" else row[column] for column in columns]
+        )
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -1,0 +1,286 @@
+"""Console pages for usage: thin views over the rollups (usage.selectors), never the raw events."""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils import timezone
+from django.views import View
+from django.views.generic import TemplateView
+
+from keys.selectors import api_key_get
+from portal.console import OrganizationMixin
+from portal.errors import DomainError
+from portal.roles import Perm
+from usage import selectors
+from usage.export import usage_csv_response, usage_rows
+
+PRESETS = {
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+DEFAULT_PRESET = "7d"
+# The API refuses hourly rows beyond 31 days; the page follows the same rule.
+HOURLY_MAX_SPAN = timedelta(days=31)
+MAX_SPAN = timedelta(days=366 * 2)
+CHART_METRICS = ("requests", "input_tokens", "output_tokens")
+EXPORT_GROUPS = ("model", "key")
+TOP_KEYS = 10
+DASHBOARD_DAYS = 7
+DASHBOARD_TOP_KEYS = 5
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """A half-open time range ``[start, end)`` and the period its charts are bucketed by."""
+
+    start: datetime
+    end: datetime
+    granularity: str
+    preset: str = ""
+
+    @classmethod
+    def for_preset(cls, preset: str, *, now: datetime) -> "UsageWindow":
+        # Up to the end of the current hour, so the hour in progress is on the chart.
+        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        return cls.around(end - PRESETS[preset][1], end, preset=preset)
+
+    @classmethod
+    def for_days(cls, first: date, last: date) -> "UsageWindow":
+        """Cover whole UTC days, ``first`` to ``last`` inclusive."""
+        return cls.around(_midnight(first), _midnight(last + timedelta(days=1)))
+
+    @classmethod
+    def around(cls, start: datetime, end: datetime, preset: str = "") -> "UsageWindow":
+        granularity = "hour" if end - start <= HOURLY_MAX_SPAN else "day"
+        return cls(start=start, end=end, granularity=granularity, preset=preset)
+
+    @property
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        return (self.end - timedelta(microseconds=1)).date()
+
+    def query(self) -> dict[str, str]:
+        """Return the URL parameters that select this window again."""
+        if self.preset:
+            return {"range": self.preset}
+        return {"start": self.first_day.isoformat(), "end": self.last_day.isoformat()}
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
+
+
+class UsageFilterForm(forms.Form):
+    """The page's query string: a preset range or two dates, and optionally one key."""
+
+    range = forms.ChoiceField(
+        required=False, label="Range", choices=[(name, label) for name, (label, _) in PRESETS.items()]
+    )
+    start = forms.DateField(required=False, label="From")
+    end = forms.DateField(required=False, label="To")
+    key = forms.CharField(required=False, max_length=40, label="Key")
+
+    def __init__(self, *args, organization, now: datetime, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.organization = organization
+        self.now = now
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        data["window"] = self._window(data)
+        data["api_key"] = None
+        if data["key"]:
+            # Another organization's key reads exactly like one that does not exist.
+            data["api_key"] = api_key_get(organization=self.organization, key_id=data["key"])
+            if data["api_key"] is None:
+                self.add_error("key", "No such key in this organization.")
+        return data
+
+    def _window(self, data) -> UsageWindow:
+        preset = data["range"]
+        if preset or not (data["start"] or data["end"]):
+            return UsageWindow.for_preset(preset or DEFAULT_PRESET, now=self.now)
+        last = data["end"] or self.now.date()
+        first = data["start"] or last - timedelta(days=6)
+        if first > last:
+            raise forms.ValidationError("The start date must be on or before the end date.")
+        if last - first >= MAX_SPAN:
+            raise forms.ValidationError("Choose at most two years at a time.")
+        if last >= date.max:
+            raise forms.ValidationError("The end date is too far in the future.")
+        return UsageWindow.for_days(first, last)
+
+    def error_messages(self) -> list[str]:
+        """Return every error as one sentence that names its field."""
+        sentences = []
+        for field, errors in self.errors.items():
+            label = self.fields[field].label if field in self.fields else ""
+            sentences += [f"{label}: {error}" if label else error for error in errors]
+        return sentences
+
+
+def usage_chart(*, organization, window: UsageWindow, key_id: int | None = None) -> dict:
+    """Return requests and tokens per model for every period of the window, zero-filled.
+
+    The shape is what ``static/usage.js`` draws: ``labels`` (UTC), ``periods`` (ISO 8601) and
+    one entry per model, busiest first, each metric a list aligned with ``periods``.
+    """
+    step = timedelta(hours=1) if window.granularity == "hour" else timedelta(days=1)
+    periods = []
+    period = window.start
+    while period < window.end:
+        periods.append(period)
+        period += step
+    index = {period: position for position, period in enumerate(periods)}
+    by_model: dict[str, dict[str, list[int]]] = {}
+    for row in selectors.usage_series(
+        organization=organization,
+        start=window.start,
+        end=window.end,
+        granularity=window.granularity,
+        group_by=("model",),
+        key_id=key_id,
+    ):
+        series = by_model.setdefault(
+            row["group_model"], {metric: [0] * len(periods) for metric in CHART_METRICS}
+        )
+        for metric in CHART_METRICS:
+            series[metric][index[row["period"]]] = row[metric] or 0
+    models = sorted(by_model, key=lambda model: (-sum(by_model[model]["requests"]), model))
+    label_format = "%Y-%m-%d %H:00" if window.granularity == "hour" else "%Y-%m-%d"
+    return {
+        "granularity": window.granularity,
+        "labels": [period.strftime(label_format) for period in periods],
+        "periods": [period.isoformat() for period in periods],
+        "models": [{"model": model, **by_model[model]} for model in models],
+    }
+
+
+def usage_summary(*, organization, window: UsageWindow, key_id: int | None = None, top: int) -> dict:
+    """Return the chart data, the totals and the busiest keys of one window."""
+    chart = usage_chart(organization=organization, window=window, key_id=key_id)
+    totals = selectors.usage_totals(
+        organization=organization, start=window.start, end=window.end, key_id=key_id
+    )
+    keys = selectors.top_keys(organization=organization, start=window.start, end=window.end, limit=top)
+    return {"chart": chart, "totals": totals, "top_keys": keys, "has_usage": bool(chart["models"])}
+
+
+def dashboard_usage(*, organization, now: datetime) -> dict:
+    """Return the dashboard's usage panel: the last seven UTC days, by day, and the top keys."""
+    today = now.date()
+    # Bars by day, although the usage page would show a week by hour.
+    window = UsageWindow(
+        start=_midnight(today - timedelta(days=DASHBOARD_DAYS - 1)),
+        end=_midnight(today + timedelta(days=1)),
+        granularity="day",
+    )
+    summary = usage_summary(organization=organization, window=window, top=DASHBOARD_TOP_KEYS)
+    usage_url = reverse("org-usage", args=[organization.slug])
+    for row in summary["top_keys"]:
+        row["url"] = f"{usage_url}?{urlencode({**window.query(), 'key': row['key_public_id']})}"
+    return {**summary, "window": window, "url": f"{usage_url}?{urlencode(window.query())}"}
+
+
+class UsageView(OrganizationMixin, TemplateView):
+    template_name = "usage/usage.html"
+    required_permission = Perm.USAGE_VIEW
+
+    def get(self, request, *args, **kwargs):
+        form = UsageFilterForm(request.GET, organization=self.organization, now=timezone.now())
+        if not form.is_valid():
+            context = self.get_context_data(
+                errors=form.error_messages(),
+                start_value=request.GET.get("start", ""),
+                end_value=request.GET.get("end", ""),
+                presets=self._presets(window=None, key=None),
+            )
+            return self.render_to_response(context, status=400)
+        window, key = form.cleaned_data["window"], form.cleaned_data["api_key"]
+        summary = usage_summary(
+            organization=self.organization, window=window, key_id=key.pk if key else None, top=TOP_KEYS
+        )
+        for row in summary["top_keys"]:
+            row["url"] = "?" + urlencode({**window.query(), "key": row["key_public_id"]})
+        query = {**window.query(), **({"key": key.public_id} if key else {})}
+        api_query = {
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+            "granularity": window.granularity,
+            "group_by": ",".join(EXPORT_GROUPS),
+            **({"key": key.public_id} if key else {}),
+            "format": "csv",
+        }
+        context = self.get_context_data(
+            window=window,
+            key=key,
+            start_value=window.first_day.isoformat(),
+            end_value=window.last_day.isoformat(),
+            presets=self._presets(window=window, key=key),
+            all_keys_query=urlencode(window.query()),
+            csv_url=f"{reverse('org-usage-export', args=[self.organization.slug])}?{urlencode(query)}",
+            api_csv_url=request.build_absolute_uri(f"{reverse('api-usage')}?{urlencode(api_query)}"),
+            **summary,
+        )
+        return self.render_to_response(context)
+
+    @staticmethod
+    def _presets(*, window: UsageWindow | None, key) -> list[dict]:
+        extra = {"key": key.public_id} if key else {}
+        return [
+            {
+                "label": label,
+                "query": urlencode({"range": name, **extra}),
+                "current": window is not None and window.preset == name,
+            }
+            for name, (label, _) in PRESETS.items()
+        ]
+
+
+class UsageExportView(OrganizationMixin, View):
+    """The usage page's CSV: the API's CSV for the same window, grouped by model and key."""
+
+    required_permission = Perm.USAGE_VIEW
+
+    def get(self, request, org_slug):
+        page = f"{reverse('org-usage', args=[org_slug])}?{request.META.get('QUERY_STRING', '')}"
+        form = UsageFilterForm(request.GET, organization=self.organization, now=timezone.now())
+        if not form.is_valid():
+            # The page shows what is wrong with the same query, with its 400.
+            return redirect(page)
+        window, key = form.cleaned_data["window"], form.cleaned_data["api_key"]
+        try:
+            rows = usage_rows(
+                organization=self.organization,
+                start=window.start,
+                end=window.end,
+                granularity=window.granularity,
+                group_by=EXPORT_GROUPS,
+                key_id=key.pk if key else None,
+            )
+        except DomainError as error:
+            messages.error(request, error.message)
+            return redirect(page)
+        name = "-".join(
+            part
+            for part in (
+                "usage",
+                org_slug,
+                key.public_id if key else "",
+                f"{window.first_day:%Y%m%d}",
+                f"{window.last_day:%Y%m%d}",
+            )
+            if part
+        )
+        return usage_csv_response(rows, group_by=EXPORT_GROUPS, filename=f"{name}.csv")
