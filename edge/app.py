@@ -143,6 +143,9 @@ class Edge:
             asyncio.create_task(self.spool.run_fsync()),
             asyncio.create_task(self._replay_spool()),
         ]
+        # Load the tokenizer now, off the event loop, rather than on the first request that
+        # needs an estimate (loading blocks for a few hundred milliseconds).
+        asyncio.get_running_loop().run_in_executor(None, count_tokens, "warm up")
 
     async def shutdown(self) -> None:
         if self._tasks:
@@ -230,7 +233,12 @@ class Edge:
         try:
             if path in PROXIED:
                 if method != "POST":
-                    raise EdgeError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+                    raise EdgeError(
+                        405,
+                        f"Method {method} not allowed on {path}.",
+                        code="method_not_allowed",
+                        headers=[(b"allow", b"POST")],
+                    )
                 await self.proxy(scope, receive, send, PROXIED[path], request_id, started)
                 return
             if path == "/v1/models" and method == "GET":
@@ -511,29 +519,39 @@ class _Exchange:
 
     async def run(self, scope, receive, send, route: Route, body: bytes):
         headers = self._upstream_headers(scope)
-        response = await self._connect(route, body, headers)
         task = asyncio.current_task()
+        # Watch from the start: a client that leaves before the upstream's first byte (a
+        # non-streamed answer still being generated) cancels the upstream request too.
         watcher = asyncio.create_task(_watch_disconnect(receive, task))
+        response = None
         try:
+            response = await self._connect(route, body, headers)
             await self._relay(response, send)
+        except EdgeError as error:
+            self.status = error.status
+            raise
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled() or not watcher.result():
                 raise
             self.disconnected = True
             # Swallow only the cancellation that the client's disconnect caused.
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            task.uncancel()
         finally:
             watcher.cancel()
-            response.release()
-            self.edge.pool.inflight[self.upstream_url] -= 1
+            if response is not None:
+                response.release()
+                self.edge.pool.inflight[self.upstream_url] -= 1
             self._meter()
 
     def _upstream_headers(self, scope) -> dict[str, str]:
+        connection = _header(scope, b"connection")
+        # Headers the client names in Connection are hop-by-hop too (RFC 9110, 7.6.1).
+        named = (
+            {token.strip().lower().encode("latin-1") for token in connection.split(",")} if connection else ()
+        )
         headers = {}
         for name, value in scope["headers"]:
-            if name not in NOT_FORWARDED:
+            if name not in NOT_FORWARDED and name not in named:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
         headers["x-request-id"] = self.request_id
         if "traceparent" not in headers:
@@ -564,7 +582,10 @@ class _Exchange:
                 response = await edge.session.post(
                     upstream.url + path, data=body, headers=send_headers, timeout=timeout
                 )
-            except TimeoutError:
+            except asyncio.CancelledError:
+                edge.pool.inflight[upstream.url] -= 1
+                raise
+            except TimeoutError as exc:
                 edge.pool.inflight[upstream.url] -= 1
                 last_error = EdgeError(
                     504,
@@ -572,6 +593,9 @@ class _Exchange:
                     type="server_error",
                     code="upstream_timeout",
                 )
+                if isinstance(exc, aiohttp.SocketTimeoutError):
+                    # The upstream has the request and may be generating: another would run it twice.
+                    break
                 continue
             except (aiohttp.ClientError, OSError):
                 edge.pool.inflight[upstream.url] -= 1
@@ -587,8 +611,6 @@ class _Exchange:
                 edge.pool.inflight[upstream.url] -= 1
                 continue
             return response
-        self.status = last_error.status
-        self._meter()
         raise last_error
 
     async def _relay(self, response: aiohttp.ClientResponse, send):
@@ -640,6 +662,7 @@ class _Exchange:
 
     def _meter(self) -> None:
         ended = time.perf_counter()
+        ended_wall = time.time()  # before any token counting, which is not the request's time
         estimated = False
         if self.usage is not None:
             input_tokens, output_tokens, cached = self.usage
@@ -681,7 +704,7 @@ class _Exchange:
             ttft_ms=round((self.first_byte - self.started) * 1000, 3) if self.first_byte else None,
             upstream=self.upstream_url,
             started_at_ms=int(self.started_wall * 1000),
-            ended_at_ms=int(time.time() * 1000),
+            ended_at_ms=int(ended_wall * 1000),
         )
         self.edge.finish(event, self.admission)
 

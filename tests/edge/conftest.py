@@ -191,3 +191,75 @@ def make_key(django_capture_on_commit_callbacks):
         return key, secret
 
     return make
+
+
+@pytest.fixture(scope="module")
+def start_module_edge(tmp_path_factory):
+    """Start edge processes that serve every test of a module; they are stopped after it.
+
+    Starting a process costs most of a second, so a module shares one. Each test still
+    begins with an empty Redis database, which the edge reads on every request.
+    """
+    from django.conf import settings
+
+    started: list[EdgeProcess] = []
+
+    def start(routes, *, workers: int = 1, **kwargs):
+        edge = EdgeProcess(
+            redis_url=settings.REDIS_URL,
+            pepper=settings.KEY_PEPPER,
+            routes=routes,
+            spool_dir=tmp_path_factory.mktemp("edge") / "spool",
+            workers=workers,
+            **kwargs,
+        )
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        edge.stop()
+
+
+@pytest.fixture
+def usage_events(settings):
+    """Return ``read(count)``: the usage events on ``tg:usage`` once ``count`` have arrived.
+
+    The edge publishes after the response, so this waits (up to ``timeout``) for ``count``
+    events, then a moment longer so that an extra event would be seen too.
+    """
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def read(count: int, *, timeout: float = 5.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while client.xlen("tg:usage") < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        return [json.loads(fields[b"data"]) for _, fields in client.xrange("tg:usage")]
+
+    yield read
+    client.close()
+
+
+@pytest.fixture
+def edge_metric():
+    """Return ``read(edge, name, **labels)``: the sum of a counter's series on the edge's /metrics.
+
+    Only series carrying every given label value are summed.
+    """
+
+    def read(edge: EdgeProcess, name: str, **labels: str) -> float:
+        text = httpx.get(f"{edge.url}/metrics").text
+        wanted = [f'{label}="{value}"' for label, value in labels.items()]
+        total = 0.0
+        for line in text.splitlines():
+            series, _, number = line.rpartition(" ")
+            if series.split("{")[0] == name and all(label in series for label in wanted):
+                total += float(number)
+        return total
+
+    return read
