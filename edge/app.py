@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from edge import keyformat, metrics
+from edge.accesslog import AccessLog
 from edge.config import EdgeConfig, Route, Upstream
 from edge.errors import EdgeError, invalid_key
 from edge.limits import Admission, Limiter, Refusal
@@ -124,6 +125,7 @@ class Edge:
         self.session: aiohttp.ClientSession | None = None
         self.limiter: Limiter | None = None
         self.spool = Spool(config.spool_dir, fsync_ms=config.spool_fsync_ms)
+        self.access_log = AccessLog(enabled=config.access_log)
         self._tasks: set[asyncio.Task] = set()
         self._background: list[asyncio.Task] = []
         self.redis_ok = True
@@ -141,6 +143,7 @@ class Edge:
         self._background = [
             asyncio.create_task(self._listen_invalidations()),
             asyncio.create_task(self.spool.run_fsync()),
+            asyncio.create_task(self.access_log.run()),
             asyncio.create_task(self._replay_spool()),
         ]
         # Load the tokenizer now, off the event loop, rather than on the first request that
@@ -152,6 +155,7 @@ class Edge:
             await asyncio.wait(self._tasks, timeout=10)
         for task in self._background:
             task.cancel()
+        self.access_log.flush()
         self.spool.close()
         if self.session is not None:
             await self.session.close()
@@ -255,6 +259,14 @@ class Edge:
             else:
                 raise EdgeError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except EdgeError as error:
+            self.access_log.write(
+                request_id=request_id,
+                method=method,
+                path=path,
+                status=error.status,
+                error=error.code,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
             await _respond(send, error.status, error.body(), request_id, extra=error.headers)
 
     async def readyz(self, send, request_id):
@@ -705,6 +717,20 @@ class _Exchange:
             upstream=self.upstream_url,
             started_at_ms=int(self.started_wall * 1000),
             ended_at_ms=int(ended_wall * 1000),
+        )
+        self.edge.access_log.write(
+            request_id=self.request_id,
+            method="POST",
+            path="/v1/" + self.endpoint.replace(".", "/"),
+            status=status,
+            model=self.model,
+            org_id=self.record.org_id,
+            key_id=self.record.key_id,
+            stream=self.stream,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=event["latency_ms"],
+            upstream=self.upstream_url,
         )
         self.edge.finish(event, self.admission)
 

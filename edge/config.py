@@ -48,6 +48,7 @@ class EdgeConfig:
     lease_ttl_seconds: int = 600
     trust_forwarded_for: bool = False
     default_max_tokens: int = 4096
+    access_log: bool = True
     extra: dict = field(default_factory=dict)
 
     def route_for(self, model: str) -> Route | None:
@@ -155,4 +156,16 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         lease_ttl_seconds=_number(data.get("lease_ttl_seconds", 600), "lease_ttl_seconds", int, 1),
         trust_forwarded_for=bool(data.get("trust_forwarded_for", False)),
         default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
+        access_log=_boolean(env.get("EDGE_ACCESS_LOG", data.get("access_log", True)), "access_log"),
     )
+
+
+def _boolean(raw, name: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    lowered = str(raw).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")

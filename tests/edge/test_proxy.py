@@ -335,3 +335,46 @@ def test_invalid_json_is_400(proxy_edge, make_key, mock_upstream):
         }
     }
     assert mock_upstream.stats()["requests"] == 0
+
+
+def test_each_request_logs_one_json_line_without_secrets(proxy_edge, make_key):
+    """The access log names the request, its key and outcome; never the key itself or the prompt."""
+    import json
+    import time
+
+    import httpx
+
+    edge = proxy_edge
+    _key, secret = make_key()
+    prompt = "a very private prompt about payroll"
+    response = httpx.post(
+        f"{edge.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}", "X-Request-ID": "log-check-1"},
+        json={"model": "mock-model", "messages": [{"role": "user", "content": prompt}]},
+    )
+    assert response.status_code == 200
+    refused = httpx.post(
+        f"{edge.url}/v1/chat/completions",
+        headers={"Authorization": "Bearer tg_live_short", "X-Request-ID": "log-check-2"},
+        json={"model": "mock-model", "messages": []},
+    )
+    assert refused.status_code == 401
+    deadline = time.monotonic() + 5
+    lines = []
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in edge.log().splitlines() if line.startswith("{")]
+        if {line.get("request_id") for line in lines} >= {"log-check-1", "log-check-2"}:
+            break
+        time.sleep(0.1)
+    served = next(line for line in lines if line.get("request_id") == "log-check-1")
+    assert (served["status"], served["model"], served["key_id"], served["path"]) == (
+        200,
+        "mock-model",
+        _key.public_id,
+        "/v1/chat/completions",
+    )
+    failed = next(line for line in lines if line.get("request_id") == "log-check-2")
+    assert (failed["status"], failed["error"]) == (401, "invalid_api_key")
+    log = edge.log()
+    assert secret not in log
+    assert prompt not in log
