@@ -31,7 +31,9 @@ ALL_PERMISSIONS = frozenset(
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_PERMISSIONS,
     Role.ADMIN: ALL_PERMISSIONS,
-    Role.DEVELOPER: frozenset({Perm.MEMBERS_VIEW, Perm.KEYS_MANAGE, Perm.KEYS_VIEW, Perm.USAGE_VIEW}),
+    Role.DEVELOPER: frozenset(
+        {Perm.MEMBERS_VIEW, Perm.KEYS_MANAGE, Perm.KEYS_VIEW, Perm.USAGE_VIEW, Perm.USAGE_INGEST}
+    ),
     Role.BILLING: frozenset({Perm.MEMBERS_VIEW, Perm.USAGE_VIEW, Perm.BILLING_MANAGE, Perm.BILLING_VIEW}),
     Role.VIEWER: frozenset(
         {Perm.MEMBERS_VIEW, Perm.KEYS_VIEW, Perm.USAGE_VIEW, Perm.BILLING_VIEW, Perm.AUDIT_VIEW}

@@ -139,8 +139,12 @@ class UsageConsumer:
             except orjson.JSONDecodeError:
                 data = None
             decoded.append((message_id, raw, data))
-        public_ids = {data.get("key_id") for _, _, data in decoded if isinstance(data, dict)}
-        keys = self.keys.resolve({pid for pid in public_ids if isinstance(pid, str)})
+        public_ids = {
+            data["key_id"]
+            for _, _, data in decoded
+            if isinstance(data, dict) and isinstance(data.get("key_id"), str)
+        }
+        keys = self.keys.resolve(public_ids)
         events: list[Event] = []
         dead: list[tuple[bytes, bytes | None, str]] = []
         for message_id, raw, data in decoded:

@@ -4,10 +4,13 @@ Raw rows are inserted with ``ON CONFLICT DO NOTHING``; only the rows the databas
 inserted (``RETURNING``) are added to the hourly rollups, in the same transaction. A
 redelivered event therefore changes nothing, and two consumers racing on one event are
 serialised by the primary key: the second waits for the first to commit, then skips it.
+
+A batch travels by binary COPY into a session-local staging table, and one statement moves
+it into the raw table and folds the inserted rows into the rollups: no per-row work in
+Python beyond writing the row, one round trip for the SQL (see bench/RESULTS.md).
 """
 
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -18,6 +21,7 @@ from usage.models import ClosedPeriod
 from usage.partitions import add_months
 
 MAX_TOKENS = 10**12
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant Python can hold
 
 
 class InvalidEvent(ValueError):
@@ -72,6 +76,13 @@ def _int(data: dict, field: str, *, minimum: int = 0, maximum: int = MAX_TOKENS)
     return value
 
 
+def _text(data: dict, field: str, limit: int) -> str:
+    text = str(data.get(field) or "")[:limit]
+    if "\x00" in text:  # Postgres text cannot hold NUL: the whole batch would fail on it
+        raise InvalidEvent(f"{field} must not contain NUL characters")
+    return text
+
+
 def _optional_float(data: dict, field: str) -> float | None:
     value = data.get(field)
     if value is None:
@@ -89,16 +100,18 @@ def event_from_edge(data: dict, keys: dict[str, tuple[int, int]]) -> Event:
         event_id = uuid.UUID(str(data.get("event_id")))
     except ValueError:
         raise InvalidEvent("event_id must be a UUID") from None
-    key = keys.get(data.get("key_id"))
+    public_id = data.get("key_id")
+    key = keys.get(public_id) if isinstance(public_id, str) else None
     if key is None:
-        raise InvalidEvent(f"unknown key_id {data.get('key_id')!r}")
+        raise InvalidEvent(f"unknown key_id {public_id!r}")
     key_pk, org_id = key
     if data.get("org_id") != org_id:
         raise InvalidEvent(f"org_id {data.get('org_id')!r} does not own key {data.get('key_id')!r}")
-    ended_ms = _int(data, "ended_at_ms", minimum=1, maximum=2**53)
+    ended_ms = _int(data, "ended_at_ms", minimum=1, maximum=MAX_TIMESTAMP_MS)
     model = data.get("model")
     if not isinstance(model, str) or not model or len(model) > 200:
         raise InvalidEvent("model must be a string of 1 to 200 characters")
+    model = _text(data, "model", 200)
     input_tokens = _int(data, "input_tokens")
     cached = _int(data, "cached_tokens")
     if cached > input_tokens:
@@ -109,7 +122,7 @@ def event_from_edge(data: dict, keys: dict[str, tuple[int, int]]) -> Event:
         organization_id=org_id,
         key_id=key_pk,
         model=model,
-        endpoint=str(data.get("endpoint") or "")[:32],
+        endpoint=_text(data, "endpoint", 32),
         status=_int(data, "status", minimum=0, maximum=999),
         input_tokens=input_tokens,
         output_tokens=_int(data, "output_tokens"),
@@ -118,7 +131,7 @@ def event_from_edge(data: dict, keys: dict[str, tuple[int, int]]) -> Event:
         cost_micro_minor=_int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0,
         latency_ms=_optional_float(data, "latency_ms"),
         ttft_ms=_optional_float(data, "ttft_ms"),
-        request_id=str(data.get("request_id") or "")[:128],
+        request_id=_text(data, "request_id", 128),
         source="edge",
     )
 
@@ -131,47 +144,65 @@ def billed_period_for(occurred: datetime, closed: set[date]) -> date:
     return period
 
 
-_INSERT = """
-INSERT INTO usage_event (
-    event_id, occurred_at, organization_id, key_id, model, endpoint, status, input_tokens,
-    output_tokens, cached_tokens, estimated, cost_micro_minor, latency_ms, ttft_ms, request_id,
-    source, billed_period, late, ingested_at
+_COLUMNS = (
+    "event_id, occurred_at, organization_id, key_id, model, endpoint, status, input_tokens, "
+    "output_tokens, cached_tokens, estimated, cost_micro_minor, latency_ms, ttft_ms, request_id, "
+    "source, billed_period, late, ingested_at"
 )
-SELECT * FROM unnest(
-    %s::uuid[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::varchar[], %s::varchar[],
-    %s::smallint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[], %s::bigint[],
-    %s::float8[], %s::float8[], %s::varchar[], %s::varchar[], %s::date[], %s::boolean[],
-    %s::timestamptz[]
-)
-ON CONFLICT DO NOTHING
-RETURNING event_id
-"""
+# Binary COPY needs each column's type, in _COLUMNS order.
+_COPY_TYPES = (
+    "uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "int2", "int8",
+    "int8", "int8", "bool", "int8", "float8", "float8", "varchar",
+    "varchar", "date", "bool", "timestamptz",
+)  # fmt: skip
 
-_ROLLUP = """
-INSERT INTO usage_usagerollup (
-    organization_id, key_id, model, hour, billed_period, requests, errors, input_tokens,
-    output_tokens, cached_tokens, estimated_requests, cost_micro_minor
-)
-SELECT * FROM unnest(
-    %s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[], %s::date[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
-)
-ON CONFLICT (organization_id, key_id, model, hour, billed_period) DO UPDATE SET
-    requests = usage_usagerollup.requests + EXCLUDED.requests,
-    errors = usage_usagerollup.errors + EXCLUDED.errors,
-    input_tokens = usage_usagerollup.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = usage_usagerollup.output_tokens + EXCLUDED.output_tokens,
-    cached_tokens = usage_usagerollup.cached_tokens + EXCLUDED.cached_tokens,
-    estimated_requests = usage_usagerollup.estimated_requests + EXCLUDED.estimated_requests,
-    cost_micro_minor = usage_usagerollup.cost_micro_minor + EXCLUDED.cost_micro_minor
-"""
+# A session-local staging table: the batch arrives by binary COPY, the cheapest way in for
+# both sides. The statement below empties it (a caller's outer transaction may ingest again);
+# ON COMMIT DELETE ROWS truncates its file at commit, so the deleted rows never pile up.
+_STAGE = "CREATE TEMP TABLE IF NOT EXISTS usage_event_stage (LIKE usage_event) ON COMMIT DELETE ROWS"
+_COPY = f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
-_LAST_USED = """
-UPDATE keys_apikey SET last_used_at = batch.used_at
-FROM unnest(%s::bigint[], %s::timestamptz[]) AS batch(key_id, used_at)
-WHERE keys_apikey.id = batch.key_id
-  AND (keys_apikey.last_used_at IS NULL OR keys_apikey.last_used_at < batch.used_at)
-"""
+# One statement: move the staged rows into the raw table, skipping events already there,
+# and fold only the rows actually inserted into the hourly rollups and keys' last use.
+# Rows are taken in key order so that concurrent consumers lock them in the same order.
+_INGEST = f"""
+WITH staged AS (
+    DELETE FROM usage_event_stage RETURNING *
+), inserted AS (
+    INSERT INTO usage_event ({_COLUMNS})
+    SELECT {_COLUMNS} FROM staged ORDER BY event_id, occurred_at
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, occurred_at, organization_id, key_id, model, status, input_tokens,
+        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period
+), rollup AS (
+    INSERT INTO usage_usagerollup (
+        organization_id, key_id, model, hour, billed_period, requests, errors, input_tokens,
+        output_tokens, cached_tokens, estimated_requests, cost_micro_minor
+    )
+    SELECT organization_id, key_id, model, date_trunc('hour', occurred_at, 'UTC'), billed_period,
+        count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens),
+        sum(cached_tokens), count(*) FILTER (WHERE estimated), sum(cost_micro_minor)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (organization_id, key_id, model, hour, billed_period) DO UPDATE SET
+        requests = usage_usagerollup.requests + EXCLUDED.requests,
+        errors = usage_usagerollup.errors + EXCLUDED.errors,
+        input_tokens = usage_usagerollup.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = usage_usagerollup.output_tokens + EXCLUDED.output_tokens,
+        cached_tokens = usage_usagerollup.cached_tokens + EXCLUDED.cached_tokens,
+        estimated_requests = usage_usagerollup.estimated_requests + EXCLUDED.estimated_requests,
+        cost_micro_minor = usage_usagerollup.cost_micro_minor + EXCLUDED.cost_micro_minor
+), last_used AS (
+    UPDATE keys_apikey SET last_used_at = batch.used_at
+    FROM (
+        SELECT key_id, max(occurred_at) AS used_at FROM inserted GROUP BY key_id ORDER BY key_id
+    ) AS batch
+    WHERE keys_apikey.id = batch.key_id
+      AND (keys_apikey.last_used_at IS NULL OR keys_apikey.last_used_at < batch.used_at)
+)
+SELECT event_id FROM inserted
+"""  # noqa: S608 - no input is formatted into the SQL, only the column list above
 
 
 def usage_events_ingest(events: list[Event]) -> set[uuid.UUID]:
@@ -185,66 +216,30 @@ def usage_events_ingest(events: list[Event]) -> set[uuid.UUID]:
     unique: dict[uuid.UUID, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
-    events = list(unique.values())
     now = timezone.now()
     closed = set(ClosedPeriod.objects.values_list("period", flat=True))
-    periods = [billed_period_for(event.occurred_at, closed) for event in events]
-    columns = [
-        [e.event_id for e in events],
-        [e.occurred_at for e in events],
-        [e.organization_id for e in events],
-        [e.key_id for e in events],
-        [e.model for e in events],
-        [e.endpoint for e in events],
-        [e.status for e in events],
-        [e.input_tokens for e in events],
-        [e.output_tokens for e in events],
-        [e.cached_tokens for e in events],
-        [e.estimated for e in events],
-        [e.cost_micro_minor for e in events],
-        [e.latency_ms for e in events],
-        [e.ttft_ms for e in events],
-        [e.request_id for e in events],
-        [e.source for e in events],
-        periods,
-        [period != e.occurred_at.date().replace(day=1) for e, period in zip(events, periods, strict=True)],
-        [now] * len(events),
-    ]
+    periods: dict[tuple[int, int], tuple[date, bool]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_INSERT, columns)
-        inserted = {row[0] for row in cursor.fetchall()}
-        if not inserted:
-            return inserted
-        totals: dict[tuple, list[int]] = defaultdict(lambda: [0] * 7)
-        last_used: dict[int, datetime] = {}
-        for event, period in zip(events, periods, strict=True):
-            if event.event_id not in inserted:
-                continue
-            hour = event.occurred_at.replace(minute=0, second=0, microsecond=0)
-            row = totals[(event.organization_id, event.key_id, event.model, hour, period)]
-            row[0] += 1
-            row[1] += 1 if event.status >= 400 else 0
-            row[2] += event.input_tokens
-            row[3] += event.output_tokens
-            row[4] += event.cached_tokens
-            row[5] += 1 if event.estimated else 0
-            row[6] += event.cost_micro_minor
-            if event.key_id not in last_used or last_used[event.key_id] < event.occurred_at:
-                last_used[event.key_id] = event.occurred_at
-        keys = list(totals)
-        cursor.execute(
-            _ROLLUP,
-            [
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [k[3] for k in keys],
-                [k[4] for k in keys],
-                *([totals[k][i] for k in keys] for i in range(7)),
-            ],
-        )
-        cursor.execute(_LAST_USED, [list(last_used), list(last_used.values())])
-    return inserted
+        cursor.execute(_STAGE)
+        with cursor.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            for e in unique.values():
+                occurred = e.occurred_at
+                month = (occurred.year, occurred.month)
+                if month not in periods:
+                    period = billed_period_for(occurred, closed)
+                    periods[month] = (period, period != occurred.date().replace(day=1))
+                period, late = periods[month]
+                copy.write_row(
+                    (
+                        e.event_id, occurred, e.organization_id, e.key_id, e.model, e.endpoint,
+                        e.status, e.input_tokens, e.output_tokens, e.cached_tokens, e.estimated,
+                        e.cost_micro_minor, e.latency_ms, e.ttft_ms, e.request_id, e.source,
+                        period, late, now,
+                    )
+                )  # fmt: skip
+        cursor.execute(_INGEST)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def late_window() -> timedelta:

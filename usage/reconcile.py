@@ -4,9 +4,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncHour
 
-from usage.models import UsageRollup
+from usage.models import UsageEvent
 
 SERVED_PATTERN = "tg:served:*"
 
@@ -45,11 +46,16 @@ def _edge_counts(client, since: datetime) -> dict[tuple[int, str, datetime], dic
 
 
 def _postgres_counts(since: datetime) -> dict[tuple[int, str, datetime], dict[str, int]]:
+    """What Postgres holds of the edge's traffic: raw events from the edge, per key and hour.
+
+    Events posted through the API have no edge counter, so only ``source = 'edge'`` counts.
+    """
     rows = (
-        UsageRollup.objects.all_tenants()
-        .filter(hour__gte=since)
+        UsageEvent.objects.all_tenants()
+        .filter(occurred_at__gte=since, source="edge")
+        .annotate(hour=TruncHour("occurred_at"))
         .values("organization_id", "hour", public_id=F("key__public_id"))
-        .annotate(requests=Sum("requests"), tokens=Sum(F("input_tokens") + F("output_tokens")))
+        .annotate(requests=Count("event_id"), tokens=Sum(F("input_tokens") + F("output_tokens")))
     )
     return {
         (row["organization_id"], row["public_id"], row["hour"]): {
@@ -66,6 +72,8 @@ def usage_reconcile(*, client, since: datetime, until: datetime | None = None) -
     Only edge traffic is compared: keys that only ever posted usage through the API are
     counted in Postgres without an edge counter, so Postgres-only rows are reported too.
     """
+    # Counters are per hour: compare the hour that holds ``since`` whole, on both sides.
+    since = datetime.fromtimestamp(int(since.timestamp()) // 3600 * 3600, tz=UTC)
     edge = _edge_counts(client, since)
     postgres = _postgres_counts(since)
     differences = []

@@ -3,12 +3,13 @@
 import uuid
 from datetime import datetime
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from usage.ingest import Event, KeyDirectory, late_window, usage_events_ingest
 
 MAX_BATCH = 1000
+ADVISORY_LOCK_CLASS = 7401  # pg_advisory_xact_lock(class, organization id) for posted usage
 FUTURE_TOLERANCE_SECONDS = 300
 
 
@@ -84,14 +85,16 @@ def usage_events_post(*, organization, items: list[dict]) -> list[dict]:
             )
         )
     # An event id counts once whatever timestamp a retry carries: look it up across partitions.
-    with connection.cursor() as cursor:
+    # The organization's advisory lock makes look-up and insert one step for concurrent posts.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, organization.pk])
         cursor.execute(
             "SELECT event_id FROM usage_event WHERE event_id = ANY(%s::uuid[])",
             [[event.event_id for _, event in candidates]],
         )
         existing = {row[0] for row in cursor.fetchall()}
-    fresh = [(index, event) for index, event in candidates if event.event_id not in existing]
-    inserted = usage_events_ingest([event for _, event in fresh])
+        fresh = [(index, event) for index, event in candidates if event.event_id not in existing]
+        inserted = usage_events_ingest([event for _, event in fresh])
     for index, event in candidates:
         status = "accepted" if event.event_id in inserted else "duplicate"
         results[index] = {"event_id": str(event.event_id), "status": status}

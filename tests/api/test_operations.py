@@ -729,7 +729,6 @@ def test_role_table_refuses_something_to_every_role_but_owner_and_admin():
             "members_remove",
             "invitations_create",
             "invitations_revoke",
-            "usage_events_create",
             "audit_events_list",
         ],
         "billing": [

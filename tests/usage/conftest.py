@@ -1,0 +1,56 @@
+"""Fixtures for the usage tests: two organizations with keys, the test's Redis."""
+
+from dataclasses import dataclass
+
+import pytest
+import redis
+from django.db import connection
+
+from keys import services as key_services
+from keys.models import ApiKey
+from portal.audit import Actor
+from portal.models import Organization, User
+from tests.factories import make_org, make_user
+
+
+@dataclass
+class Tenant:
+    org: Organization
+    owner: User
+
+    def key(self, name: str = "build") -> ApiKey:
+        key, _secret = key_services.api_key_create(
+            actor=Actor(user=self.owner), organization=self.org, name=name
+        )
+        return key
+
+
+@pytest.fixture
+def tenant(db) -> Tenant:
+    owner = make_user()
+    return Tenant(org=make_org(owner, name="Acme"), owner=owner)
+
+
+@pytest.fixture
+def other_tenant(db) -> Tenant:
+    owner = make_user()
+    return Tenant(org=make_org(owner, name="Globex"), owner=owner)
+
+
+@pytest.fixture
+def redis_client(settings):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw_events_cleared():
+    """Empty the raw table after a transactional test.
+
+    ``usage_event`` is not a Django-managed table, so the flush that ends a transactional
+    test leaves its rows behind; later tests must not see them.
+    """
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE usage_event")
