@@ -47,12 +47,20 @@ class Spool:
             self._file = None
 
     def _claim(self) -> list[Path]:
-        """Take this process's file and any orphaned file for replay, by renaming."""
+        """Take this process's file and any orphaned file for replay, by renaming.
+
+        Orphans are the spool files of dead processes and the files a dead process had
+        claimed but not finished replaying; the latter are older, so they go first.
+        """
         claimed = []
         if self._file is not None:
             self.close()
-        for path in sorted(self.directory.glob("spool-*.jsonl")):
-            pid = path.stem.removeprefix("spool-")
+        mine = str(os.getpid())
+        unfinished = sorted(self.directory.glob("replay-*.jsonl"), key=_claimed_at)
+        for path in unfinished + sorted(self.directory.glob("spool-*.jsonl")):
+            pid = path.stem.split("-")[1]
+            if path.name.startswith("replay-") and pid == mine:
+                continue  # already ours: picked up below
             if path != self.path and pid.isdigit() and _alive(int(pid)):
                 continue
             target = self.directory / f"replay-{os.getpid()}-{time.time_ns()}.jsonl"
@@ -98,3 +106,9 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _claimed_at(path: Path) -> int:
+    """When a ``replay-<pid>-<ns>`` file was claimed (0 when its name does not say)."""
+    tail = path.stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

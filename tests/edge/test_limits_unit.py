@@ -1,0 +1,354 @@
+"""The admission and settlement scripts of edge/limits.py, run directly against the test Redis."""
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from edge.limits import ADMIT, BUDGET_TTL_SECONDS, Admission, Limiter, Refusal, _duration, month_key
+from edge.records import KeyRecord, Limits
+
+pytestmark = pytest.mark.anyio
+
+NO_LIMITS = Limits(rpm=None, tpm=None, concurrency=None, budget_minor=None)
+ORG_ID = 7
+KEY_ID = "key_unit"
+RL = f"tg:rl:{{o:{ORG_ID}}}:k:{KEY_ID}"
+CONC = f"tg:conc:{{o:{ORG_ID}}}:k:{KEY_ID}"
+BUDGET = f"tg:budget:{{o:{ORG_ID}}}:k:{KEY_ID}"
+ORG_RL = f"tg:rl:{{o:{ORG_ID}}}:org"
+ORG_CONC = f"tg:conc:{{o:{ORG_ID}}}:org"
+ORG_BUDGET = f"tg:budget:{{o:{ORG_ID}}}:org"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def redis(settings):
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+def record(key: Limits = NO_LIMITS, org: Limits = NO_LIMITS) -> KeyRecord:
+    return KeyRecord(
+        key_id=KEY_ID,
+        org_id=ORG_ID,
+        org_status="active",
+        environment="live",
+        status="active",
+        expires_at=None,
+        secret_expires_at=None,
+        allowed_models=(),
+        allowed_networks=(),
+        key_limits=key,
+        org_limits=org,
+    )
+
+
+def limits(rpm=None, tpm=None, concurrency=None, budget_minor=None) -> Limits:
+    return Limits(rpm=rpm, tpm=tpm, concurrency=concurrency, budget_minor=budget_minor)
+
+
+async def redis_ms(redis) -> int:
+    seconds, micros = await redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def fresh_window(redis, margin_ms: int = 5000) -> int:
+    """Return the current window, first waiting for the next one when this one ends soon."""
+    now = await redis_ms(redis)
+    if 60_000 - now % 60_000 < margin_ms:
+        await asyncio.sleep((60_000 - now % 60_000) / 1000 + 0.05)
+        now = await redis_ms(redis)
+    return now // 60_000
+
+
+async def fields(redis, name: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await redis.hgetall(name)).items()}
+
+
+async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organization_scopes(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    before = await redis_ms(redis)
+    admission = await limiter.admit(
+        record(limits(rpm=5, tpm=1000), limits(rpm=100)), estimated_tokens=305, reserved_cost=0
+    )
+    after = await redis_ms(redis)
+    assert isinstance(admission, Admission)
+    assert admission.window == win
+    assert admission.keys == [RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET]
+    assert admission.estimated_tokens == 305
+    assert admission.month == month_key()
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 305}
+    assert await fields(redis, ORG_RL) == {f"r:{win}": 1, f"t:{win}": 305}
+    # No concurrency limit and no budget: no lease, no reservation.
+    assert await redis.exists(CONC, ORG_CONC, BUDGET, ORG_BUDGET) == 0
+    assert 0 < await redis.pttl(RL) <= 180_000
+    headers = dict(admission.headers)
+    # Requests: the key's 5 is tighter than the organization's 100.
+    assert headers[b"x-ratelimit-limit-requests"] == b"5"
+    assert headers[b"x-ratelimit-remaining-requests"] == b"4"
+    assert headers[b"x-ratelimit-limit-tokens"] == b"1000"
+    assert headers[b"x-ratelimit-remaining-tokens"] == b"695"
+    # Both reset when this window ends.
+    assert headers[b"x-ratelimit-reset-requests"] == headers[b"x-ratelimit-reset-tokens"]
+    assert headers[b"x-ratelimit-reset-requests"].decode() in {
+        _duration(60_000 - now % 60_000) for now in range(before, after + 1)
+    }
+
+
+async def test_admission_without_any_limit_sends_no_ratelimit_headers(redis):
+    admission = await Limiter(redis, 600).admit(record(), estimated_tokens=10, reserved_cost=0)
+    assert isinstance(admission, Admission)
+    assert admission.headers == []
+
+
+async def test_settlement_replaces_the_estimate_and_the_reservation_with_the_real_figures(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    admission = await limiter.admit(
+        record(
+            limits(tpm=10_000, concurrency=3, budget_minor=100), limits(concurrency=10, budget_minor=1000)
+        ),
+        estimated_tokens=305,
+        reserved_cost=30_000_000,
+    )
+    month = admission.month
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 305}
+    assert await fields(redis, BUDGET) == {month: 30_000_000}
+    assert await fields(redis, ORG_BUDGET) == {month: 30_000_000}
+    assert await redis.zrange(CONC, 0, -1) == [admission.lease.encode()]
+    assert await redis.zrange(ORG_CONC, 0, -1) == [admission.lease.encode()]
+    assert 0 < await redis.ttl(BUDGET) <= BUDGET_TTL_SECONDS
+
+    await limiter.settle(admission, tokens=17, cost=1_700_000)
+
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 17}
+    assert await fields(redis, ORG_RL) == {f"r:{win}": 1, f"t:{win}": 17}
+    assert await fields(redis, BUDGET) == {month: 1_700_000}
+    assert await fields(redis, ORG_BUDGET) == {month: 1_700_000}
+    assert await redis.zcard(CONC) == 0
+    assert await redis.zcard(ORG_CONC) == 0
+
+
+async def test_settlement_above_the_estimate_adds_the_difference(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    admission = await limiter.admit(record(limits(tpm=10_000)), estimated_tokens=50, reserved_cost=500)
+    await limiter.settle(admission, tokens=80, cost=900)
+    assert (await fields(redis, RL))[f"t:{win}"] == 80
+    assert await fields(redis, BUDGET) == {admission.month: 900}
+
+
+async def test_settlement_after_the_window_was_dropped_does_not_recreate_its_tokens(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    admission = await limiter.admit(record(limits(tpm=10_000)), estimated_tokens=50, reserved_cost=0)
+    # Two windows later the admission's fields are gone; a late settlement must not revive them.
+    await redis.hdel(RL, f"r:{win}", f"t:{win}")
+    await limiter.settle(admission, tokens=10, cost=0)
+    assert await fields(redis, RL) == {}
+
+
+async def test_requests_per_minute_refusal_moves_no_counter(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    rec = record(limits(rpm=2, concurrency=5), limits(rpm=100, concurrency=50))
+    for _ in range(2):
+        assert isinstance(await limiter.admit(rec, estimated_tokens=10, reserved_cost=0), Admission)
+    refusal = await limiter.admit(rec, estimated_tokens=10, reserved_cost=0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("key", "requests", 2, 0)
+    assert 0 < refusal.reset_ms <= 60_000
+    # Atomic: the refused request counted nowhere, took no lease.
+    assert await fields(redis, RL) == {f"r:{win}": 2, f"t:{win}": 20}
+    assert await fields(redis, ORG_RL) == {f"r:{win}": 2, f"t:{win}": 20}
+    assert await redis.zcard(CONC) == 2
+    assert await redis.zcard(ORG_CONC) == 2
+
+
+async def test_organization_refusal_names_the_organization_and_leaves_the_key_untouched(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    rec = record(limits(rpm=100), limits(rpm=1))
+    assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=0), Admission)
+    refusal = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == (
+        "organization",
+        "requests",
+        1,
+        0,
+    )
+    assert (await fields(redis, RL))[f"r:{win}"] == 1
+
+
+async def test_tokens_per_minute_refuses_the_estimate_that_does_not_fit(redis):
+    limiter = Limiter(redis, 600)
+    await fresh_window(redis)
+    rec = record(limits(tpm=1000))
+    for _ in range(3):
+        assert isinstance(await limiter.admit(rec, estimated_tokens=305, reserved_cost=0), Admission)
+    refusal = await limiter.admit(rec, estimated_tokens=305, reserved_cost=0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("key", "tokens", 1000, 85)
+    # What still fits is admitted: 915 + 85 == 1000.
+    assert isinstance(await limiter.admit(rec, estimated_tokens=85, reserved_cost=0), Admission)
+
+
+async def test_budget_compares_millionths_of_a_cent_with_a_cap_in_cents(redis):
+    limiter = Limiter(redis, 600)
+    rec = record(limits(budget_minor=10))  # 10 cents == 10_000_000 millionths
+    first = await limiter.admit(rec, estimated_tokens=1, reserved_cost=6_000_000)
+    assert isinstance(first, Admission)
+    refusal = await limiter.admit(rec, estimated_tokens=1, reserved_cost=6_000_000)
+    assert isinstance(refusal, Refusal)
+    # Limit and remaining come back in cents.
+    assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("key", "budget", 10, 4)
+    assert refusal.reset_ms == 0
+    # Exactly filling the cap is allowed; one millionth more is not.
+    assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=4_000_000), Admission)
+    over = await limiter.admit(rec, estimated_tokens=1, reserved_cost=1)
+    assert isinstance(over, Refusal)
+    assert (over.kind, over.limit, over.remaining) == ("budget", 10, 0)
+    assert await fields(redis, BUDGET) == {month_key(): 10_000_000}
+
+
+async def test_organization_budget_is_shared_by_its_keys(redis):
+    limiter = Limiter(redis, 600)
+    org = limits(budget_minor=1)
+    first = record(org=org)
+    second = dataclasses.replace(first, key_id="key_other")
+    assert isinstance(await limiter.admit(first, estimated_tokens=1, reserved_cost=700_000), Admission)
+    refusal = await limiter.admit(second, estimated_tokens=1, reserved_cost=700_000)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("organization", "budget", 1, 0)
+    assert await fields(redis, ORG_BUDGET) == {month_key(): 700_000}
+
+
+async def test_previous_window_counts_with_the_weight_of_its_remaining_overlap(redis):
+    limiter = Limiter(redis, 600)
+    rec = record(limits(rpm=1000))
+    while True:
+        win = await fresh_window(redis, margin_ms=1000)
+        await redis.hset(RL, f"r:{win - 1}", 600)
+        before = await redis_ms(redis)
+        admission = await limiter.admit(rec, estimated_tokens=0, reserved_cost=0)
+        after = await redis_ms(redis)
+        if before // 60_000 == after // 60_000 == win:
+            break
+        await redis.delete(RL)
+    remaining = int(dict(admission.headers)[b"x-ratelimit-remaining-requests"])
+    # remaining == floor(1000 - 600 * weight - 1), weight = share of the previous minute still in view.
+    weight_at_before = 1 - (before % 60_000) / 60_000
+    weight_at_after = 1 - (after % 60_000) / 60_000
+    assert int(999 - 600 * weight_at_before) <= remaining <= int(999 - 600 * weight_at_after)
+    assert remaining < 999  # the previous window was counted at all
+
+
+async def test_previous_window_full_refuses_now(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis, margin_ms=2000)
+    # 1000 requests last minute weigh at least 10 until the last 0.6s of this one.
+    await redis.hset(RL, f"r:{win - 1}", 1000)
+    refusal = await limiter.admit(record(limits(rpm=10)), estimated_tokens=0, reserved_cost=0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.limit, refusal.remaining) == ("requests", 10, 0)
+
+
+async def test_windows_older_than_the_previous_one_are_ignored_and_dropped(redis):
+    limiter = Limiter(redis, 600)
+    win = await fresh_window(redis)
+    await redis.hset(RL, mapping={f"r:{win - 2}": 1000, f"t:{win - 2}": 99_999})
+    admission = await limiter.admit(record(limits(rpm=10, tpm=1000)), estimated_tokens=5, reserved_cost=0)
+    assert isinstance(admission, Admission)
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 5}
+
+
+async def test_raw_script_results_have_fixed_shapes(redis):
+    script = redis.register_script(ADMIT)
+    win = await fresh_window(redis)
+    keys = [RL, CONC, BUDGET]
+    month = month_key()
+
+    def args(rpm, tpm, conc, cap, est=10, cost=5):
+        return [1, est, cost, "lease-1", 60_000, month, rpm, tpm, conc, cap]
+
+    admitted = await script(keys=keys, args=args(5, 100, 2, 1000))
+    assert admitted[:2] == [1, win]
+    assert admitted[2:4] == [4, 90]  # remaining requests and tokens after this one
+    assert 0 < admitted[4] <= 60_000
+    assert len(admitted) == 5
+
+    refusals = {
+        "requests": args(1, -1, -1, -1),
+        "tokens": args(-1, 10, -1, -1),
+        "concurrency": args(-1, -1, 1, -1),
+        "budget": args(-1, -1, -1, 9),
+    }
+    results = {kind: await script(keys=keys, args=call_args) for kind, call_args in refusals.items()}
+    # {0, scope index, kind, reset ms, limit, remaining}
+    for kind, refused in results.items():
+        assert refused[:3] == [0, 0, kind.encode()]
+        assert len(refused) == 6
+    for kind in ("requests", "tokens"):
+        assert 0 < results[kind][3] <= admitted[4]
+    assert results["requests"][4:] == [1, 0]
+    assert results["tokens"][4:] == [10, 0]
+    assert results["concurrency"][3:] == [1000, 1, 0]
+    assert results["budget"][3:] == [0, 9, 4]
+    # Refusals moved nothing.
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 10}
+    assert await fields(redis, BUDGET) == {month: 5}
+
+
+async def test_expired_lease_frees_its_concurrency_slot(redis):
+    limiter = Limiter(redis, 1)
+    rec = record(limits(concurrency=1))
+    held = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
+    assert isinstance(held, Admission)
+    refusal = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.limit, refusal.remaining, refusal.reset_ms) == ("concurrency", 1, 0, 1000)
+    # The edge holding the lease died without settling: after lease_ttl the slot is free.
+    started = time.monotonic()
+    await asyncio.sleep(1.1)
+    assert time.monotonic() - started >= 1.0
+    freed = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
+    assert isinstance(freed, Admission)
+    assert await redis.zrange(CONC, 0, -1) == [freed.lease.encode()]
+
+
+async def test_settlement_releases_the_lease_at_once(redis):
+    limiter = Limiter(redis, 600)
+    rec = record(limits(concurrency=1))
+    held = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
+    assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=0), Refusal)
+    await limiter.settle(held, tokens=1, cost=0)
+    assert await redis.zcard(CONC) == 0
+    assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=0), Admission)
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "0ms"),
+        (250, "250ms"),
+        (999, "999ms"),
+        (1000, "1s"),
+        (1001, "2s"),
+        (59_000, "59s"),
+        (60_000, "1m0s"),
+        (61_500, "1m2s"),
+        (360_000, "6m0s"),
+    ],
+)
+def test_duration_is_formatted_like_openai_reset_headers(ms, text):
+    assert _duration(ms) == text
