@@ -201,9 +201,12 @@ class Edge:
                 continue
 
     async def _xadd_batch(self, events: list[dict]) -> None:
+        """Replay spooled events exactly as ``_publish`` would have recorded them."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
+            for spooled in events:
+                event = dict(spooled)
+                settle = event.pop("_settle", None)
+                await self._queue_record(pipe, event, settle)
             await pipe.execute()
 
     # --- ASGI -----------------------------------------------------------------------
@@ -465,29 +468,36 @@ class Edge:
         task.add_done_callback(self._tasks.discard)
 
     async def _publish(self, event: dict, admission: Admission | None) -> None:
+        settle = None
+        if admission is not None:
+            keys, args = self.limiter.settle_args(
+                admission,
+                tokens=event["input_tokens"] + event["output_tokens"],
+                cost=event["cost_micro_minor"],
+            )
+            settle = [keys, args]
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                if admission is not None:
-                    keys, args = self.limiter.settle_args(
-                        admission,
-                        tokens=event["input_tokens"] + event["output_tokens"],
-                        cost=event["cost_micro_minor"],
-                    )
-                    await self.limiter._settle(keys=keys, args=args, client=pipe)
-                pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
-                hour = event["ended_at_ms"] // 3_600_000
-                served = f"tg:served:{{o:{event['org_id']}}}:{hour}"
-                pipe.hincrby(served, f"{event['key_id']}:requests", 1)
-                pipe.hincrby(
-                    served, f"{event['key_id']}:tokens", event["input_tokens"] + event["output_tokens"]
-                )
-                pipe.expire(served, 8 * 24 * 3600)
+                await self._queue_record(pipe, event, settle)
                 await pipe.execute()
         except (RedisError, OSError):
             metrics.PUBLISH_FAILURES.inc()
-            self.spool.append(event)
+            # The settlement waits in the spool with the event: the budget reservation is
+            # corrected and the lease released when Redis is back, not only the event sent.
+            self.spool.append({**event, "_settle": settle} if settle else event)
             metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
+
+    async def _queue_record(self, pipe, event: dict, settle: list | None) -> None:
+        """Queue on a pipeline: the settlement, the usage event, the edge's served counters."""
+        if settle is not None:
+            await self.limiter._settle(keys=settle[0], args=settle[1], client=pipe)
+        pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
+        hour = event["ended_at_ms"] // 3_600_000
+        served = f"tg:served:{{o:{event['org_id']}}}:{hour}"
+        pipe.hincrby(served, f"{event['key_id']}:requests", 1)
+        pipe.hincrby(served, f"{event['key_id']}:tokens", event["input_tokens"] + event["output_tokens"])
+        pipe.expire(served, 8 * 24 * 3600)
 
 
 class _Exchange:

@@ -352,3 +352,48 @@ async def test_settlement_releases_the_lease_at_once(redis):
 )
 def test_duration_is_formatted_like_openai_reset_headers(ms, text):
     assert _duration(ms) == text
+
+
+async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_path):
+    """Redis failed after admission: the replay releases the lease and corrects the budget."""
+    import orjson
+
+    from edge.app import Edge
+    from edge.config import EdgeConfig, Route, Upstream
+    from edge.metering import new_event
+
+    config = EdgeConfig(
+        redis_url=settings.REDIS_URL,
+        pepper=b"p" * 32,
+        routes=(Route(pattern="*", upstreams=(Upstream(url="http://127.0.0.1:9"),)),),
+        spool_dir=str(tmp_path),
+    )
+    edge = Edge(config)
+    edge.redis = redis
+    edge.limiter = Limiter(redis, lease_ttl_seconds=600)
+    admission = await edge.limiter.admit(
+        record(key=limits(concurrency=1, budget_minor=100)), estimated_tokens=100, reserved_cost=5_000_000
+    )
+    assert isinstance(admission, Admission)
+    assert await redis.zcard(CONC) == 1
+    event = new_event(
+        key_id=KEY_ID,
+        org_id=ORG_ID,
+        model="m",
+        input_tokens=10,
+        output_tokens=5,
+        cached_tokens=0,
+        cost_micro_minor=1_000_000,
+        ended_at_ms=int(time.time() * 1000),
+        status=200,
+    )
+    keys, args = edge.limiter.settle_args(admission, tokens=15, cost=1_000_000)
+
+    await edge._xadd_batch([{**event, "_settle": [keys, args]}])
+
+    assert await redis.zcard(CONC) == 0
+    assert int(await redis.hget(BUDGET, month_key())) == 1_000_000
+    entries = await redis.xrange("tg:usage")
+    assert [orjson.loads(fields[b"data"]) for _id, fields in entries] == [event]
+    hour = event["ended_at_ms"] // 3_600_000
+    assert await redis.hget(f"tg:served:{{o:{ORG_ID}}}:{hour}", f"{KEY_ID}:requests") == b"1"
