@@ -44,6 +44,7 @@ from edge.records import (
     parse_price,
 )
 from edge.spool import Spool
+from edge.tracing import Tracing
 
 logger = logging.getLogger("tollgate.edge")
 
@@ -126,6 +127,7 @@ class Edge:
         self.limiter: Limiter | None = None
         self.spool = Spool(config.spool_dir, fsync_ms=config.spool_fsync_ms)
         self.access_log = AccessLog(enabled=config.access_log)
+        self.tracing = Tracing()
         self._tasks: set[asyncio.Task] = set()
         self._background: list[asyncio.Task] = []
         self.redis_ok = True
@@ -136,6 +138,7 @@ class Edge:
             self.config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
         )
         self.limiter = Limiter(self.redis, self.config.lease_ttl_seconds)
+        self.tracing.start()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Content-Type")
@@ -156,6 +159,7 @@ class Edge:
         for task in self._background:
             task.cancel()
         self.access_log.flush()
+        self.tracing.shutdown()
         self.spool.close()
         if self.session is not None:
             await self.session.close()
@@ -538,6 +542,7 @@ class _Exchange:
         self.upstream_started: float | None = None
         self.upstream_url = ""
         self.disconnected = False
+        self.span = None
 
     async def run(self, scope, receive, send, route: Route, body: bytes):
         headers = self._upstream_headers(scope)
@@ -576,7 +581,12 @@ class _Exchange:
             if name not in NOT_FORWARDED and name not in named:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
         headers["x-request-id"] = self.request_id
-        if "traceparent" not in headers:
+        self.span, own_traceparent = self.edge.tracing.begin(
+            f"POST /v1/{self.endpoint.replace('.', '/')}", headers.get("traceparent"), self.started_wall
+        )
+        if own_traceparent:
+            headers["traceparent"] = own_traceparent
+        elif "traceparent" not in headers:
             headers["traceparent"] = f"00-{new_event_id().replace('-', '')}-{random.getrandbits(64):016x}-01"
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
@@ -741,6 +751,19 @@ class _Exchange:
             output_tokens=output_tokens,
             latency_ms=event["latency_ms"],
             upstream=self.upstream_url,
+        )
+        self.edge.tracing.end(
+            self.span,
+            **{
+                "http.response.status_code": status,
+                "gen_ai.request.model": self.model,
+                "gen_ai.usage.input_tokens": input_tokens,
+                "gen_ai.usage.output_tokens": output_tokens,
+                "tollgate.request_id": self.request_id,
+                "tollgate.org_id": self.record.org_id,
+                "tollgate.key_id": self.record.key_id,
+                "tollgate.upstream": self.upstream_url or None,
+            },
         )
         self.edge.finish(event, self.admission)
 
