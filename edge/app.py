@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from edge import keyformat, metrics
 from edge.accesslog import AccessLog
+from edge.batching import ScriptBatcher
 from edge.config import EdgeConfig, Route, Upstream
 from edge.errors import EdgeError, invalid_key
 from edge.limits import Admission, Limiter, Refusal
@@ -49,6 +50,7 @@ from edge.tracing import Tracing
 logger = logging.getLogger("tollgate.edge")
 
 USAGE_STREAM = "tg:usage"
+PUBLISH_BATCH_SECONDS = 0.002
 PROXIED = {
     "/v1/chat/completions": "chat.completions",
     "/v1/completions": "completions",
@@ -129,6 +131,7 @@ class Edge:
         self.access_log = AccessLog(enabled=config.access_log)
         self.tracing = Tracing()
         self._tasks: set[asyncio.Task] = set()
+        self._outbox: list[tuple[dict, list | None]] = []
         self._background: list[asyncio.Task] = []
         self.redis_ok = True
 
@@ -138,6 +141,11 @@ class Edge:
             self.config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
         )
         self.limiter = Limiter(self.redis, self.config.lease_ttl_seconds)
+        self.limiter.batcher = ScriptBatcher(self.redis, self.limiter.scripts())
+        try:
+            await self.limiter.batcher.load()
+        except (RedisError, OSError):
+            pass  # Redis may be down at start; scripts are loaded again on first use
         self.tracing.start()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
@@ -205,13 +213,39 @@ class Edge:
                 continue
 
     async def _xadd_batch(self, events: list[dict]) -> None:
-        """Replay spooled events exactly as ``_publish`` would have recorded them."""
+        """Replay spooled events exactly as ``finish`` would have recorded them."""
+        batch = []
+        for spooled in events:
+            event = dict(spooled)
+            batch.append((event, event.pop("_settle", None)))
+        await self._record_batch(batch)
+
+    async def _record_batch(self, batch: list[tuple[dict, list | None]]) -> None:
+        """Record settlements, served counters and usage events in one round trip.
+
+        A Redis that restarted has forgotten the scripts: load them and send again only the
+        script calls that failed (the events already went in). Other errors propagate.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
-            for spooled in events:
-                event = dict(spooled)
-                settle = event.pop("_settle", None)
-                await self._queue_record(pipe, event, settle)
-            await pipe.execute()
+            for event, settle in batch:
+                self._queue_record(pipe, event, settle)
+            results = await pipe.execute(raise_on_error=False)
+        retry = [
+            batch[index // 2] for index, result in enumerate(results) if isinstance(result, NoScriptError)
+        ]
+        failures = [
+            result
+            for result in results
+            if isinstance(result, Exception) and not isinstance(result, NoScriptError)
+        ]
+        if failures:
+            raise failures[0]
+        if retry:
+            await self.limiter.batcher.load()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event, settle in retry:
+                    self.limiter.queue_settle(pipe, settle, event)
+                await pipe.execute()
 
     # --- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -466,12 +500,7 @@ class Edge:
         return result
 
     def finish(self, event: dict, admission: Admission | None) -> None:
-        """Settle limits and publish the usage event in the background."""
-        task = asyncio.create_task(self._publish(event, admission))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish(self, event: dict, admission: Admission | None) -> None:
+        """Queue the settlement and the usage event; they are sent in batches, off the response path."""
         settle = None
         if admission is not None:
             keys, args = self.limiter.settle_args(
@@ -480,28 +509,34 @@ class Edge:
                 cost=event["cost_micro_minor"],
             )
             settle = [keys, args]
+        self._outbox.append((event, settle))
+        if len(self._outbox) == 1:
+            task = asyncio.create_task(self._publish_outbox())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _publish_outbox(self) -> None:
+        # Let the other requests finishing now join this batch: one round trip for all.
+        await asyncio.sleep(PUBLISH_BATCH_SECONDS)
+        batch, self._outbox = self._outbox, []
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self._queue_record(pipe, event, settle)
-                await pipe.execute()
+            await self._record_batch(batch)
         except (RedisError, OSError):
             metrics.PUBLISH_FAILURES.inc()
-            # The settlement waits in the spool with the event: the budget reservation is
+            # Each settlement waits in the spool with its event: the budget reservation is
             # corrected and the lease released when Redis is back, not only the event sent.
-            self.spool.append({**event, "_settle": settle} if settle else event)
-            metrics.SPOOLED.inc()
+            for event, settle in batch:
+                self.spool.append({**event, "_settle": settle} if settle else event)
+                metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
 
-    async def _queue_record(self, pipe, event: dict, settle: list | None) -> None:
-        """Queue on a pipeline: the settlement, the usage event, the edge's served counters."""
-        if settle is not None:
-            await self.limiter._settle(keys=settle[0], args=settle[1], client=pipe)
+    def _queue_record(self, pipe, event: dict, settle: list | None) -> None:
+        """Queue exactly two commands: the settlement with the served counters, then the event.
+
+        ``_record_batch`` maps results back to items by that count.
+        """
+        self.limiter.queue_settle(pipe, settle, event)
         pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
-        hour = event["ended_at_ms"] // 3_600_000
-        served = f"tg:served:{{o:{event['org_id']}}}:{hour}"
-        pipe.hincrby(served, f"{event['key_id']}:requests", 1)
-        pipe.hincrby(served, f"{event['key_id']}:tokens", event["input_tokens"] + event["output_tokens"])
-        pipe.expire(served, 8 * 24 * 3600)
 
 
 class _Exchange:

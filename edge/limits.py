@@ -102,8 +102,22 @@ for i = 0, n - 1 do
     redis.call('EXPIRE', bk, BUDGET_TTL)
   end
 end
+-- Optionally count the request in the edge's served counters (same hash slot).
+if #KEYS > 3 * n then
+  local served = KEYS[3 * n + 1]
+  redis.call('HINCRBY', served, ARGV[7] .. ':requests', 1)
+  redis.call('HINCRBY', served, ARGV[7] .. ':tokens', tonumber(ARGV[8]))
+  redis.call('EXPIRE', served, tonumber(ARGV[9]))
+end
 return 1
 """.replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
+
+SERVED_TTL_SECONDS = 8 * 24 * 3600
+
+
+def served_key(org_id: int, ended_at_ms: int) -> str:
+    """The edge's per-organization, per-hour served counters (read by usage_reconcile)."""
+    return f"tg:served:{{o:{org_id}}}:{ended_at_ms // 3_600_000}"
 
 
 def _scope_keys(org_id: int, scope: str) -> list[str]:
@@ -177,6 +191,19 @@ class Limiter:
         self._admit = redis.register_script(ADMIT)
         self._settle = redis.register_script(SETTLE)
         self.lease_ttl_ms = lease_ttl_seconds * 1000
+        self.batcher = None  # an edge.batching.ScriptBatcher, to share round trips under load
+
+    def scripts(self) -> dict[str, str]:
+        return {self._admit.sha: ADMIT, self._settle.sha: SETTLE}
+
+    def queue_settle(self, pipe, settle: list | None, event: dict) -> None:
+        """Add to a pipeline, as one script call: the settlement (if the request was admitted)
+        and the request's count in the served counters. The script is loaded at start."""
+        keys, args = settle if settle is not None else ([], [0, 0, 0, "", "", 0])
+        keys = [*keys, served_key(event["org_id"], event["ended_at_ms"])]
+        tokens = event["input_tokens"] + event["output_tokens"]
+        args = [*args[:6], event["key_id"], tokens, SERVED_TTL_SECONDS]
+        pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
 
     async def admit(
         self, record: KeyRecord, *, estimated_tokens: int, reserved_cost: int
@@ -196,10 +223,11 @@ class Limiter:
         args = [a if (i % 4) != 3 or a < 0 else a * 1_000_000 for i, a in enumerate(args)]
         lease = uuid.uuid4().hex
         month = month_key()
-        result = await self._admit(
-            keys=keys,
-            args=[len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, month, *args],
-        )
+        call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, month, *args]
+        if self.batcher is not None:
+            result = await self.batcher.call(self._admit.sha, keys, call_args)
+        else:
+            result = await self._admit(keys=keys, args=call_args)
         if int(result[0]) == 0:
             kind = result[2].decode() if isinstance(result[2], bytes) else result[2]
             limit, remaining = int(result[4]), int(result[5])

@@ -1,6 +1,6 @@
 """Usage: read from the upstream's answer, or counted with a tokenizer, and the event."""
 
-import secrets
+import os
 import time
 from functools import lru_cache
 
@@ -8,15 +8,11 @@ import orjson
 
 
 def uuid7() -> str:
-    """A UUIDv7 string: 48 bits of Unix milliseconds, version and variant, random rest."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= (rand >> 68 & 0xFFF) << 64
-    value |= 0x2 << 62
-    value |= rand & ((1 << 62) - 1)
-    h = f"{value:032x}"
+    """A UUIDv7 string: 48 bits of Unix milliseconds, version 7, variant 10, 74 random bits."""
+    rand = bytearray(os.urandom(10))
+    rand[0] = (rand[0] & 0x0F) | 0x70  # version 7
+    rand[2] = (rand[2] & 0x3F) | 0x80  # RFC 9562 variant
+    h = ((time.time_ns() // 1_000_000) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex() + rand.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
