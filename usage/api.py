@@ -129,19 +129,6 @@ class UsageQuerySerializer(serializers.Serializer):
         return data
 
 
-class UsageRowSerializer(serializers.Serializer):
-    period = serializers.DateTimeField()
-    model = serializers.CharField(required=False)
-    key_id = serializers.CharField(required=False)
-    key_name = serializers.CharField(required=False)
-    requests = serializers.IntegerField()
-    errors = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    cached_tokens = serializers.IntegerField()
-    estimated_requests = serializers.IntegerField()
-
-
 class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()
@@ -149,6 +136,13 @@ class UsageTotalsSerializer(serializers.Serializer):
     output_tokens = serializers.IntegerField()
     cached_tokens = serializers.IntegerField()
     estimated_requests = serializers.IntegerField()
+
+
+class UsageRowSerializer(UsageTotalsSerializer):
+    period = serializers.DateTimeField()
+    model = serializers.CharField(required=False)
+    key_id = serializers.CharField(required=False)
+    key_name = serializers.CharField(required=False)
 
 
 class UsageResultSerializer(serializers.Serializer):
