@@ -46,6 +46,9 @@ def main(argv=None) -> int:
         access_log=False,
         log_level="warning",
         timeout_keep_alive=30,
+        # The edge reads X-Forwarded-For itself, only when configured to trust it.
+        proxy_headers=False,
+        server_header=False,
     )
     return 0
 
