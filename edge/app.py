@@ -818,8 +818,9 @@ def _refusal_error(refusal: Refusal) -> EdgeError:
     if refusal.kind == "budget":
         return EdgeError(
             429,
-            f"This {scope} has reached its monthly budget of {refusal.limit / 100:.2f}. "
-            "Raise the budget in the Tollgate console or wait for the next month.",
+            f"This request would exceed the {scope}'s monthly budget of {refusal.limit / 100:.2f}: "
+            "the edge reserves a request's worst-case cost (prompt and max_tokens) until it ends. "
+            "Lower max_tokens, raise the budget in the Tollgate console, or wait for the next month.",
             type="insufficient_quota",
             code="insufficient_quota",
         )

@@ -229,8 +229,9 @@ def budget_spent(client, key) -> int:
 def budget_body(cents: int) -> dict:
     return {
         "error": {
-            "message": f"This API key has reached its monthly budget of {cents / 100:.2f}. "
-            "Raise the budget in the Tollgate console or wait for the next month.",
+            "message": f"This request would exceed the API key's monthly budget of {cents / 100:.2f}: "
+            "the edge reserves a request's worst-case cost (prompt and max_tokens) until it ends. "
+            "Lower max_tokens, raise the budget in the Tollgate console, or wait for the next month.",
             "type": "insufficient_quota",
             "param": None,
             "code": "insufficient_quota",

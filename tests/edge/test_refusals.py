@@ -343,8 +343,9 @@ def test_budget_refuses_a_request_whose_worst_case_cost_does_not_fit(
 
     assert caught.value.status_code == 429
     assert caught.value.body == error(
-        "This API key has reached its monthly budget of 0.05. "
-        "Raise the budget in the Tollgate console or wait for the next month.",
+        "This request would exceed the API key's monthly budget of 0.05: "
+        "the edge reserves a request's worst-case cost (prompt and max_tokens) until it ends. "
+        "Lower max_tokens, raise the budget in the Tollgate console, or wait for the next month.",
         type="insufficient_quota",
         code="insufficient_quota",
     )
