@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from edge import keyformat, metrics
 from edge.accesslog import AccessLog
@@ -44,6 +44,7 @@ from edge.records import (
     parse_key_record,
     parse_price,
 )
+from edge.resp import RespConnection, RespError
 from edge.spool import Spool
 from edge.tracing import Tracing
 
@@ -141,7 +142,8 @@ class Edge:
             self.config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
         )
         self.limiter = Limiter(self.redis, self.config.lease_ttl_seconds)
-        self.limiter.batcher = ScriptBatcher(self.redis, self.limiter.scripts())
+        self.resp = RespConnection(self.config.redis_url)
+        self.limiter.batcher = ScriptBatcher(self.resp, self.limiter.scripts())
         try:
             await self.limiter.batcher.load()
         except (RedisError, OSError):
@@ -168,6 +170,8 @@ class Edge:
             task.cancel()
         self.access_log.flush()
         self.tracing.shutdown()
+        if getattr(self, "resp", None) is not None:
+            self.resp.close()
         self.spool.close()
         if self.session is not None:
             await self.session.close()
@@ -226,26 +230,24 @@ class Edge:
         A Redis that restarted has forgotten the scripts: load them and send again only the
         script calls that failed (the events already went in). Other errors propagate.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event, settle in batch:
-                self._queue_record(pipe, event, settle)
-            results = await pipe.execute(raise_on_error=False)
+        commands = []
+        for event, settle in batch:
+            commands.append(self.limiter.settle_command(settle, event))
+            commands.append(("XADD", USAGE_STREAM, "*", "data", orjson.dumps(event)))
+        results = await self.resp.execute(commands)
         retry = [
-            batch[index // 2] for index, result in enumerate(results) if isinstance(result, NoScriptError)
+            commands[index]
+            for index, result in enumerate(results)
+            if isinstance(result, RespError) and result.is_noscript
         ]
-        failures = [
-            result
-            for result in results
-            if isinstance(result, Exception) and not isinstance(result, NoScriptError)
-        ]
+        failures = [r for r in results if isinstance(r, RespError) and not r.is_noscript]
         if failures:
             raise failures[0]
         if retry:
             await self.limiter.batcher.load()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for event, settle in retry:
-                    self.limiter.queue_settle(pipe, settle, event)
-                await pipe.execute()
+            for result in await self.resp.execute(retry):
+                if isinstance(result, RespError):
+                    raise result
 
     # --- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -529,14 +531,6 @@ class Edge:
                 self.spool.append({**event, "_settle": settle} if settle else event)
                 metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
-
-    def _queue_record(self, pipe, event: dict, settle: list | None) -> None:
-        """Queue exactly two commands: the settlement with the served counters, then the event.
-
-        ``_record_batch`` maps results back to items by that count.
-        """
-        self.limiter.queue_settle(pipe, settle, event)
-        pipe.xadd(USAGE_STREAM, {"data": orjson.dumps(event)})
 
 
 class _Exchange:

@@ -7,12 +7,12 @@ flushed on the next iteration of the loop.
 
 import asyncio
 
-from redis.exceptions import NoScriptError
+from edge.resp import RespConnection, RespError
 
 
 class ScriptBatcher:
-    def __init__(self, redis, scripts: dict[str, str]):
-        self.redis = redis
+    def __init__(self, connection: RespConnection, scripts: dict[str, str]):
+        self.connection = connection
         self.scripts = scripts  # sha -> source, loaded again if Redis forgot them
         self._pending: list[tuple[str, list, list, asyncio.Future]] = []
         self._scheduled = False
@@ -34,16 +34,15 @@ class ScriptBatcher:
 
     async def _send(self, batch, *, retried: bool = False) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sha, keys, args, _future in batch:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self.connection.execute(
+                [("EVALSHA", sha, len(keys), *keys, *args) for sha, keys, args, _future in batch]
+            )
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        if not retried and any(isinstance(result, NoScriptError) for result in results):
+        if not retried and any(isinstance(result, RespError) and result.is_noscript for result in results):
             await self.load()
             await self._send(batch, retried=True)
             return
@@ -56,8 +55,7 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def load(self) -> None:
-        for source in self.scripts.values():
-            await self.redis.script_load(source)
+        await self.connection.execute([("SCRIPT", "LOAD", source) for source in self.scripts.values()])
 
 
 def _consume(task: asyncio.Task) -> None:

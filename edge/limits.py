@@ -196,14 +196,14 @@ class Limiter:
     def scripts(self) -> dict[str, str]:
         return {self._admit.sha: ADMIT, self._settle.sha: SETTLE}
 
-    def queue_settle(self, pipe, settle: list | None, event: dict) -> None:
-        """Add to a pipeline, as one script call: the settlement (if the request was admitted)
-        and the request's count in the served counters. The script is loaded at start."""
+    def settle_command(self, settle: list | None, event: dict) -> tuple:
+        """One script call: the settlement (if the request was admitted) and the request's
+        count in the served counters. The script is loaded at start (see ScriptBatcher)."""
         keys, args = settle if settle is not None else ([], [0, 0, 0, "", "", 0])
         keys = [*keys, served_key(event["org_id"], event["ended_at_ms"])]
         tokens = event["input_tokens"] + event["output_tokens"]
         args = [*args[:6], event["key_id"], tokens, SERVED_TTL_SECONDS]
-        pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+        return ("EVALSHA", self._settle.sha, len(keys), *keys, *args)
 
     async def admit(
         self, record: KeyRecord, *, estimated_tokens: int, reserved_cost: int

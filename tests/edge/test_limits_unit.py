@@ -359,6 +359,8 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     import orjson
 
     from edge.app import Edge
+    from edge.batching import ScriptBatcher
+    from edge.resp import RespConnection
     from edge.config import EdgeConfig, Route, Upstream
     from edge.metering import new_event
 
@@ -370,7 +372,9 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     )
     edge = Edge(config)
     edge.redis = redis
+    edge.resp = RespConnection(settings.REDIS_URL)
     edge.limiter = Limiter(redis, lease_ttl_seconds=600)
+    edge.limiter.batcher = ScriptBatcher(edge.resp, edge.limiter.scripts())
     admission = await edge.limiter.admit(
         record(key=limits(concurrency=1, budget_minor=100)), estimated_tokens=100, reserved_cost=5_000_000
     )
@@ -390,6 +394,7 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     keys, args = edge.limiter.settle_args(admission, tokens=15, cost=1_000_000)
 
     await edge._xadd_batch([{**event, "_settle": [keys, args]}])
+    edge.resp.close()
 
     assert await redis.zcard(CONC) == 0
     assert int(await redis.hget(BUDGET, month_key())) == 1_000_000
