@@ -360,9 +360,9 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
 
     from edge.app import Edge
     from edge.batching import ScriptBatcher
-    from edge.resp import RespConnection
     from edge.config import EdgeConfig, Route, Upstream
     from edge.metering import new_event
+    from edge.resp import RespConnection
 
     config = EdgeConfig(
         redis_url=settings.REDIS_URL,
