@@ -4,7 +4,7 @@ import io
 import json
 import secrets
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -19,33 +19,6 @@ from portal.models import Organization
 from tests.factories import make_org, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def start(time_machine):
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time_machine.move_to(moment, tick=False)
-    return moment
-
-
-@pytest.fixture
-def owner():
-    return make_user("owner@example.com")
-
-
-@pytest.fixture
-def organization(owner):
-    return make_org(owner, name="Acme")
-
-
-@pytest.fixture
-def actor(owner):
-    return Actor(user=owner)
-
-
-@pytest.fixture
-def publish(django_capture_on_commit_callbacks):
-    return lambda: django_capture_on_commit_callbacks(execute=True)
 
 
 @pytest.fixture

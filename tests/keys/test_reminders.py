@@ -1,6 +1,6 @@
 """Rotation reminders: owners hear once per due period when a key's secret gets old."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.core import mail
@@ -15,18 +15,6 @@ from portal.roles import Role
 from tests.factories import add_member, make_org, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def start(time_machine):
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time_machine.move_to(moment, tick=False)
-    return moment
-
-
-@pytest.fixture
-def owner():
-    return make_user("owner@example.com")
 
 
 @pytest.fixture
