@@ -33,6 +33,7 @@ from edge.metering import (
     output_text,
     prompt_text,
     usage_from,
+    uuid7,
 )
 from edge.records import (
     INVALIDATE_CHANNEL,
@@ -276,7 +277,7 @@ class Edge:
         started = time.perf_counter()
         path = scope["path"]
         method = scope["method"]
-        request_id = _header(scope, b"x-request-id") or new_event_id()
+        request_id = _header(scope, b"x-request-id") or uuid7()
         try:
             if path in PROXIED:
                 if method != "POST":
@@ -616,7 +617,7 @@ class _Exchange:
         if own_traceparent:
             headers["traceparent"] = own_traceparent
         elif "traceparent" not in headers:
-            headers["traceparent"] = f"00-{new_event_id().replace('-', '')}-{random.getrandbits(64):016x}-01"
+            headers["traceparent"] = f"00-{uuid7().replace('-', '')}-{random.getrandbits(64):016x}-01"
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
         return headers
@@ -854,12 +855,6 @@ def _bearer(scope) -> str | None:
         return ""
     api_key = _header(scope, b"x-api-key")
     return api_key.strip() if api_key else None
-
-
-def new_event_id() -> str:
-    from edge.metering import uuid7
-
-    return uuid7()
 
 
 async def _read_body(receive, limit: int) -> bytes:
