@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -48,6 +47,7 @@ from edge.records import (
 from edge.resp import RespConnection, RespError
 from edge.spool import Spool
 from edge.tracing import Tracing
+from edge.upstream import ConnectTimeout, ReadTimeout, UpstreamClient, UpstreamError, UpstreamResponse
 
 logger = logging.getLogger("tollgate.edge")
 
@@ -69,8 +69,20 @@ HOP_BY_HOP = {
     b"transfer-encoding",
     b"upgrade",
 }
-NOT_FORWARDED = HOP_BY_HOP | {b"host", b"authorization", b"x-api-key", b"content-length", b"accept-encoding"}
-NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"server", b"date"}
+# The edge sets these itself (x-request-id, traceparent, content-type, accept-encoding) or must
+# not pass them on (the client's key; expect, since the edge sends the body it already holds).
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"x-api-key",
+    b"content-length",
+    b"content-type",
+    b"accept-encoding",
+    b"expect",
+    b"x-request-id",
+    b"traceparent",
+}
+NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"server", b"date", b"x-request-id"}
 JSON = [(b"content-type", b"application/json")]
 
 
@@ -127,7 +139,7 @@ class Edge:
         self.prices: dict[str, tuple[Price | None, float]] = {}
         self.pool = UpstreamPool()
         self.redis: aioredis.Redis | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.upstreams = UpstreamClient(keepalive_seconds=60)
         self.limiter: Limiter | None = None
         self.spool = Spool(config.spool_dir, fsync_ms=config.spool_fsync_ms)
         self.access_log = AccessLog(enabled=config.access_log)
@@ -150,10 +162,6 @@ class Edge:
         except (RedisError, OSError):
             pass  # Redis may be down at start; scripts are loaded again on first use
         self.tracing.start()
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Content-Type")
-        )
         self._background = [
             asyncio.create_task(self._listen_invalidations()),
             asyncio.create_task(self.spool.run_fsync()),
@@ -174,8 +182,7 @@ class Edge:
         if getattr(self, "resp", None) is not None:
             self.resp.close()
         self.spool.close()
-        if self.session is not None:
-            await self.session.close()
+        self.upstreams.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -600,54 +607,61 @@ class _Exchange:
                 self.edge.pool.inflight[self.upstream_url] -= 1
             self._meter()
 
-    def _upstream_headers(self, scope) -> dict[str, str]:
+    def _upstream_headers(self, scope) -> list[tuple[bytes, bytes]]:
         connection = _header(scope, b"connection")
         # Headers the client names in Connection are hop-by-hop too (RFC 9110, 7.6.1).
         named = (
             {token.strip().lower().encode("latin-1") for token in connection.split(",")} if connection else ()
         )
-        headers = {}
-        for name, value in scope["headers"]:
-            if name not in NOT_FORWARDED and name not in named:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
-        headers["x-request-id"] = self.request_id
+        headers = [
+            (name, value)
+            for name, value in scope["headers"]
+            if name not in NOT_FORWARDED and name not in named
+        ]
+        headers.append((b"x-request-id", self.request_id.encode()))
+        traceparent = _header(scope, b"traceparent")
         self.span, own_traceparent = self.edge.tracing.begin(
-            f"POST /v1/{self.endpoint.replace('.', '/')}", headers.get("traceparent"), self.started_wall
+            f"POST /v1/{self.endpoint.replace('.', '/')}", traceparent, self.started_wall
         )
         if own_traceparent:
-            headers["traceparent"] = own_traceparent
-        elif "traceparent" not in headers:
-            headers["traceparent"] = f"00-{uuid7().replace('-', '')}-{random.getrandbits(64):016x}-01"
-        headers["content-type"] = "application/json"
-        headers["accept-encoding"] = "identity"
+            traceparent = own_traceparent
+        elif not traceparent:
+            traceparent = f"00-{uuid7().replace('-', '')}-{random.getrandbits(64):016x}-01"
+        headers.append((b"traceparent", traceparent.encode("latin-1")))
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"accept-encoding", b"identity"))
         return headers
 
-    async def _connect(self, route: Route, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _connect(
+        self, route: Route, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> UpstreamResponse:
         """Send the request, trying the next upstream on a connection failure or 502/503."""
         edge = self.edge
-        path = "/v1/" + self.endpoint.replace(".", "/")
+        path = ("/v1/" + self.endpoint.replace(".", "/")).encode()
         last_error: EdgeError | None = None
         candidates = edge.pool.order(route)
         for attempt, upstream in enumerate(candidates):
             if attempt:
                 metrics.UPSTREAM_FAILOVERS.inc()
-            send_headers = dict(headers)
+            send_headers = headers
             if upstream.api_key:
-                send_headers["authorization"] = f"Bearer {upstream.api_key}"
+                send_headers = [*headers, (b"authorization", f"Bearer {upstream.api_key}".encode("latin-1"))]
             edge.pool.inflight[upstream.url] = edge.pool.inflight.get(upstream.url, 0) + 1
             self.upstream_url = upstream.url
             self.upstream_started = time.perf_counter()
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
-            )
             try:
-                response = await edge.session.post(
-                    upstream.url + path, data=body, headers=send_headers, timeout=timeout
+                response = await edge.upstreams.post(
+                    upstream.url,
+                    path,
+                    send_headers,
+                    body,
+                    connect_timeout=upstream.connect_timeout,
+                    read_timeout=upstream.read_timeout,
                 )
             except asyncio.CancelledError:
                 edge.pool.inflight[upstream.url] -= 1
                 raise
-            except TimeoutError as exc:
+            except (ConnectTimeout, ReadTimeout) as exc:
                 edge.pool.inflight[upstream.url] -= 1
                 last_error = EdgeError(
                     504,
@@ -655,11 +669,11 @@ class _Exchange:
                     type="server_error",
                     code="upstream_timeout",
                 )
-                if isinstance(exc, aiohttp.SocketTimeoutError):
+                if isinstance(exc, ReadTimeout):
                     # The upstream has the request and may be generating: another would run it twice.
                     break
                 continue
-            except (aiohttp.ClientError, OSError):
+            except UpstreamError:
                 edge.pool.inflight[upstream.url] -= 1
                 last_error = EdgeError(
                     502,
@@ -675,19 +689,26 @@ class _Exchange:
             return response
         raise last_error
 
-    async def _relay(self, response: aiohttp.ClientResponse, send):
+    async def _relay(self, response: UpstreamResponse, send):
         self.status = response.status
-        headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in response.headers.items()
-            if name.lower().encode("latin-1") not in NOT_RETURNED
-        ]
+        headers = [(name, value) for name, value in response.headers if name not in NOT_RETURNED]
         headers.append((b"x-request-id", self.request_id.encode()))
         if self.admission is not None:
             headers += self.admission.headers
-        is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-        if not is_sse:
-            data = await response.read()
+        if not (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
+            try:
+                data = await response.read()
+            except UpstreamError as exc:
+                # Nothing has gone to the client yet: say what happened instead of a torn answer.
+                timed_out = isinstance(exc, ReadTimeout)
+                raise EdgeError(
+                    504 if timed_out else 502,
+                    "The model server did not finish its answer in time."
+                    if timed_out
+                    else "The model server broke off its answer.",
+                    type="server_error",
+                    code="upstream_timeout" if timed_out else "upstream_unavailable",
+                ) from None
             self.first_byte = time.perf_counter()
             headers.append((b"content-length", str(len(data)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -697,7 +718,7 @@ class _Exchange:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         sse = SSEUsage(drop_usage_chunk=self.drop_usage_chunk)
         try:
-            async for chunk in response.content.iter_any():
+            while (chunk := await response.next_chunk()) is not None:
                 if self.first_byte is None:
                     self.first_byte = time.perf_counter()
                 out = sse.feed(chunk)
@@ -705,8 +726,8 @@ class _Exchange:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             rest = sse.flush()
             await send({"type": "http.response.body", "body": rest, "more_body": False})
-        except (aiohttp.ClientError, TimeoutError):
-            # The upstream broke off mid-stream: end the client's stream; meter what came.
+        except UpstreamError:
+            # The upstream broke off or went quiet mid-stream: end the client's stream; meter what came.
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.usage = sse.usage

@@ -54,6 +54,34 @@ def unavailable_upstream():
     server.server_close()
 
 
+class _Torn(BaseHTTPRequestHandler):
+    """Promise 200 bytes of JSON, send 10, and hang up."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "200")
+        self.end_headers()
+        self.wfile.write(b'{"id":"cha')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def torn_upstream():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Torn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def second_mock():
     upstream = MockUpstream()
@@ -62,13 +90,14 @@ def second_mock():
 
 
 @pytest.fixture(scope="module")
-def pool_edge(start_module_edge, mock_upstream, second_mock, unavailable_upstream):
+def pool_edge(start_module_edge, mock_upstream, second_mock, unavailable_upstream, torn_upstream):
     closed = f"http://127.0.0.1:{free_port()}"
     return start_module_edge(
         [
             {"model": "closed-then-mock", "upstreams": [closed, mock_upstream.url]},
             {"model": "unavailable-then-mock", "upstreams": [unavailable_upstream.url, mock_upstream.url]},
             {"model": "unavailable-only", "upstreams": [unavailable_upstream.url]},
+            {"model": "torn", "upstreams": [torn_upstream.url]},
             {"model": "all-down", "upstreams": [closed, f"http://127.0.0.1:{free_port()}"]},
             {"model": "slow", "upstreams": [{"url": mock_upstream.url, "read_timeout": 0.5}]},
             {"model": "two-mocks", "upstreams": [mock_upstream.url, second_mock.url]},
@@ -145,6 +174,22 @@ def test_all_upstreams_down_is_502(post, usage_events):
     assert response.json() == {
         "error": {
             "message": "The model server could not be reached.",
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_unavailable",
+        }
+    }
+    [event] = usage_events(1)
+    assert (event["status"], event["input_tokens"], event["output_tokens"]) == (502, 0, 0)
+
+
+def test_answer_torn_off_before_its_end_is_502_not_a_short_body(post, usage_events):
+    response = post("torn")
+
+    assert response.status_code == 502
+    assert response.json() == {
+        "error": {
+            "message": "The model server broke off its answer.",
             "type": "server_error",
             "param": None,
             "code": "upstream_unavailable",

@@ -1,0 +1,385 @@
+"""The edge's HTTP/1.1 client (edge/upstream.py) against small scripted servers on loopback.
+
+Each server here reads one request head and body at a time and answers with the exact bytes
+a test gives it, so the cases that a well-behaved model server never produces (a connection
+closed while idle, a torn body, an answer without a length, silence) are exercised for real.
+"""
+
+import asyncio
+import socket
+
+import pytest
+
+from edge.upstream import (
+    PAUSE_ABOVE_BYTES,
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    ReadTimeout,
+    UpstreamClient,
+)
+
+pytestmark = pytest.mark.anyio
+
+JSON_ANSWER = b'{"ok":true}'
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class ScriptedServer:
+    """Answer the n-th request on any connection with ``answers[n]`` (bytes, or a coroutine
+    function taking the writer). Records every request and every connection it accepted."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.connections = 0
+        self.closed_by_peer = asyncio.Event()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                answer = self.answers[len(self.requests) - 1]
+                if callable(answer):
+                    await answer(writer)
+                else:
+                    writer.write(answer)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed_by_peer.set()
+        finally:
+            writer.close()
+
+    async def stop(self):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def ok(body: bytes = JSON_ANSWER, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def post(client, server, body=b'{"model":"m"}', *, read_timeout=5.0, headers=()):
+    return await client.post(
+        server.url,
+        b"/v1/chat/completions",
+        list(headers),
+        body,
+        connect_timeout=1.0,
+        read_timeout=read_timeout,
+    )
+
+
+async def test_request_line_headers_and_body_reach_the_server_and_the_answer_comes_back():
+    server = await ScriptedServer([ok()]).start()
+    client = UpstreamClient()
+    response = await post(client, server, headers=[(b"x-request-id", b"abc")])
+    assert response.status == 200
+    assert response.header(b"content-type") == b"application/json"
+    assert await response.read() == JSON_ANSWER
+    response.release()
+    head, body = server.requests[0]
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions HTTP/1.1"
+    assert b"host: " + server.url.removeprefix("http://").encode() in lines
+    assert b"content-length: 13" in lines
+    assert b"x-request-id: abc" in lines
+    assert body == b'{"model":"m"}'
+    client.close()
+    await server.stop()
+
+
+async def test_a_base_path_in_the_upstream_url_prefixes_the_request_path():
+    server = await ScriptedServer([ok()]).start()
+    client = UpstreamClient()
+    response = await client.post(
+        server.url + "/openai/", b"/v1/embeddings", [], b"{}", connect_timeout=1.0, read_timeout=5.0
+    )
+    await response.read()
+    response.release()
+    assert server.requests[0][0].startswith(b"POST /openai/v1/embeddings HTTP/1.1\r\n")
+    client.close()
+    await server.stop()
+
+
+async def test_a_finished_answer_gives_its_connection_back_for_the_next_request():
+    server = await ScriptedServer([ok(), ok(b'{"n":2}')]).start()
+    client = UpstreamClient()
+    for expected in (JSON_ANSWER, b'{"n":2}'):
+        response = await post(client, server)
+        assert await response.read() == expected
+        response.release()
+    assert server.connections == 1
+    assert len(server.requests) == 2
+    client.close()
+    await server.stop()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
+    async def answer_and_close(writer):
+        writer.write(ok(extra=b"connection: close\r\n"))
+        await writer.drain()
+        writer.close()
+
+    server = await ScriptedServer([ok(), answer_and_close, ok(b'{"n":3}')]).start()
+    client = UpstreamClient()
+    for _ in range(2):
+        response = await post(client, server)
+        await response.read()
+        response.release()
+    # The second answer said "connection: close": the client does not pool that connection.
+    response = await post(client, server)
+    assert await response.read() == b'{"n":3}'
+    response.release()
+    assert server.connections == 2
+    client.close()
+    await server.stop()
+
+
+async def test_a_pooled_connection_closed_before_any_answer_byte_is_retried_once_on_a_new_one():
+    # What a server does when its idle timeout and our reuse cross: it closes without a byte.
+    async def close_silently(writer):
+        writer.close()
+
+    server = await ScriptedServer([ok(), close_silently, ok(b'{"n":2}')]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    await response.read()
+    response.release()
+    response = await post(client, server)
+    assert await response.read() == b'{"n":2}'
+    response.release()
+    assert server.connections == 2
+    assert len(server.requests) == 3
+    client.close()
+    await server.stop()
+
+
+async def test_a_new_connection_closed_before_any_answer_byte_is_an_error():
+    async def close_silently(writer):
+        writer.close()
+
+    server = await ScriptedServer([close_silently]).start()
+    client = UpstreamClient()
+    with pytest.raises(Disconnected):
+        await post(client, server)
+    assert len(server.requests) == 1
+    client.close()
+    await server.stop()
+
+
+async def test_chunked_answer_is_handed_over_piece_by_piece_before_it_ends():
+    more = asyncio.Event()
+
+    async def stream(writer):
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"7\r\ndata: 1\r\n"
+        )
+        await writer.drain()
+        await more.wait()
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await writer.drain()
+
+    server = await ScriptedServer([stream]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    assert response.status == 200
+    assert await response.next_chunk() == b"data: 1"
+    more.set()
+    rest = b""
+    while (chunk := await response.next_chunk()) is not None:
+        rest += chunk
+    assert rest == b"data: 2"
+    assert response.complete
+    response.release()
+    client.close()
+    await server.stop()
+
+
+async def test_an_answer_without_length_ends_when_the_server_closes():
+    async def until_close(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + JSON_ANSWER)
+        await writer.drain()
+        writer.close()
+
+    server = await ScriptedServer([until_close]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    assert await response.read() == JSON_ANSWER
+    response.release()
+    assert not client._idle.get(client.origin(server.url).key)
+    client.close()
+    await server.stop()
+
+
+async def test_a_body_torn_off_before_its_length_is_an_error_not_a_short_answer():
+    async def torn(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        await writer.drain()
+        writer.close()
+
+    server = await ScriptedServer([torn]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    with pytest.raises(Disconnected):
+        await response.read()
+    response.release()
+    client.close()
+    await server.stop()
+
+
+async def test_silence_after_the_request_is_a_read_timeout():
+    async def silent(writer):
+        await asyncio.sleep(2)
+
+    server = await ScriptedServer([silent]).start()
+    client = UpstreamClient()
+    with pytest.raises(ReadTimeout):
+        await post(client, server, read_timeout=0.2)
+    assert len(server.requests) == 1
+    client.close()
+    await server.stop()
+
+
+async def test_silence_in_the_middle_of_a_body_is_a_read_timeout():
+    async def stall(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 50\r\n\r\ndata")
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    server = await ScriptedServer([stall]).start()
+    client = UpstreamClient()
+    response = await post(client, server, read_timeout=0.2)
+    assert await response.next_chunk() == b"data"
+    with pytest.raises(ReadTimeout):
+        await response.next_chunk()
+    response.release()
+    client.close()
+    await server.stop()
+
+
+async def test_a_refused_connection_is_connect_failed():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = UpstreamClient()
+    with pytest.raises(ConnectFailed) as caught:
+        await client.post(
+            f"http://127.0.0.1:{port}", b"/v1/x", [], b"{}", connect_timeout=1.0, read_timeout=1.0
+        )
+    assert not isinstance(caught.value, ConnectTimeout)
+
+
+async def test_a_server_that_never_completes_the_handshake_is_a_connect_timeout():
+    # A listening socket whose accept queue is full drops further SYNs: connecting hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    client = UpstreamClient()
+    try:
+        with pytest.raises(ConnectTimeout):
+            await client.post(
+                f"http://127.0.0.1:{port}", b"/v1/x", [], b"{}", connect_timeout=0.3, read_timeout=1.0
+            )
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_releasing_an_unfinished_answer_closes_the_connection():
+    async def endless(writer):
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"7\r\ndata: 1\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server = await ScriptedServer([endless]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    assert await response.next_chunk() == b"data: 1"
+    response.release()
+    assert not client._idle.get(client.origin(server.url).key)
+    client.close()
+    await server.stop()
+
+
+async def test_interim_100_continue_is_skipped():
+    server = await ScriptedServer([b"HTTP/1.1 100 Continue\r\n\r\n" + ok()]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    assert response.status == 200
+    assert await response.read() == JSON_ANSWER
+    response.release()
+    client.close()
+    await server.stop()
+
+
+async def test_a_large_answer_read_slowly_arrives_whole():
+    size = 3 * PAUSE_ABOVE_BYTES + 12345
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    server = await ScriptedServer([ok(payload)]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    received = bytearray()
+    largest = 0
+    paused = False
+    while True:
+        await asyncio.sleep(0.02)  # a slow reader: the upstream is far ahead
+        paused = paused or response._paused
+        chunk = await response.next_chunk()
+        if chunk is None:
+            break
+        received += chunk
+        largest = max(largest, len(chunk))
+    assert bytes(received) == payload
+    # The client stopped reading the socket above the limit instead of holding the whole answer.
+    assert paused
+    assert largest < PAUSE_ABOVE_BYTES + 512 * 1024
+    response.release()
+    client.close()
+    await server.stop()
+
+
+async def test_garbage_from_the_upstream_is_disconnected():
+    server = await ScriptedServer([b"SPDY/9 nonsense\r\n\r\n"]).start()
+    client = UpstreamClient()
+    with pytest.raises(Disconnected):
+        await post(client, server)
+    client.close()
+    await server.stop()
