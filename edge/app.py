@@ -146,6 +146,8 @@ class Edge:
         self.tracing = Tracing()
         self._tasks: set[asyncio.Task] = set()
         self._outbox: list[tuple[dict, list | None]] = []
+        self._outbox_timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Future] = set()  # the last reply of each batch on its way
         self._background: list[asyncio.Task] = []
         self.redis_ok = True
 
@@ -173,6 +175,11 @@ class Edge:
         asyncio.get_running_loop().run_in_executor(None, count_tokens, "warm up")
 
     async def shutdown(self) -> None:
+        if self._outbox_timer is not None:
+            self._outbox_timer.cancel()
+            self._publish_outbox()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=5)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         for task in self._background:
@@ -232,17 +239,30 @@ class Edge:
             batch.append((event, event.pop("_settle", None)))
         await self._record_batch(batch)
 
-    async def _record_batch(self, batch: list[tuple[dict, list | None]]) -> None:
-        """Record settlements, served counters and usage events in one round trip.
-
-        A Redis that restarted has forgotten the scripts: load them and send again only the
-        script calls that failed (the events already went in). Other errors propagate.
-        """
+    def _batch_commands(self, batch: list[tuple[dict, list | None]]) -> list[tuple]:
+        """Per request: its settlement with the served counters (one script), and its event."""
         commands = []
         for event, settle in batch:
             commands.append(self.limiter.settle_command(settle, event))
             commands.append(("XADD", USAGE_STREAM, "*", "data", orjson.dumps(event)))
-        results = await self.resp.execute(commands)
+        return commands
+
+    async def _record_batch(self, batch: list[tuple[dict, list | None]]) -> None:
+        """Record settlements, served counters and usage events in one round trip; raise
+        RedisError or OSError if they could not all be recorded."""
+        await self._complete_batch(self._batch_commands(batch), None)
+
+    async def _complete_batch(self, commands: list[tuple], results: list | None) -> None:
+        """Send the commands (unless ``results`` holds their replies) and make sure each took.
+
+        A Redis that restarted has forgotten the scripts: load them and send again only the
+        script calls that failed (the events already went in). Other errors propagate.
+        """
+        if results is None:
+            results = await self.resp.execute(commands)
+        for result in results:
+            if isinstance(result, OSError):
+                raise result
         retry = [
             commands[index]
             for index, result in enumerate(results)
@@ -520,17 +540,41 @@ class Edge:
             )
             settle = [keys, args]
         self._outbox.append((event, settle))
-        if len(self._outbox) == 1:
-            task = asyncio.create_task(self._publish_outbox())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._outbox_timer is None:
+            # Let the other requests finishing now join this batch: one round trip for all.
+            self._outbox_timer = asyncio.get_running_loop().call_later(
+                PUBLISH_BATCH_SECONDS, self._publish_outbox
+            )
 
-    async def _publish_outbox(self) -> None:
-        # Let the other requests finishing now join this batch: one round trip for all.
-        await asyncio.sleep(PUBLISH_BATCH_SECONDS)
+    def _publish_outbox(self) -> None:
+        """Write the batch now; a callback checks the replies when the last one is in.
+
+        Only when something went wrong (Redis away, scripts forgotten) does a task take over,
+        to load the scripts and send again, or to spool the batch.
+        """
+        self._outbox_timer = None
         batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        commands = self._batch_commands(batch)
+        replies = self.resp.send_nowait(commands)
+        if replies is None:
+            self._spawn(self._publish_slowly(batch, commands, None))
+            return
+        last = replies[-1]
+        self._in_flight.add(last)
+
+        def check(_last: asyncio.Future) -> None:
+            self._in_flight.discard(last)
+            results = [reply.exception() or reply.result() for reply in replies]
+            if any(isinstance(result, Exception) for result in results):
+                self._spawn(self._publish_slowly(batch, commands, results))
+
+        last.add_done_callback(check)
+
+    async def _publish_slowly(self, batch, commands: list[tuple], results: list | None) -> None:
         try:
-            await self._record_batch(batch)
+            await self._complete_batch(commands, results)
         except (RedisError, OSError):
             metrics.PUBLISH_FAILURES.inc()
             # Each settlement waits in the spool with its event: the budget reservation is
@@ -539,6 +583,11 @@ class Edge:
                 self.spool.append({**event, "_settle": settle} if settle else event)
                 metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 class _Exchange:

@@ -2,7 +2,8 @@
 
 Under load many requests are admitted at once; one round trip (one write, one read) for
 all of them costs far less than one each. A lone request waits for nothing: the batch is
-flushed on the next iteration of the loop.
+written on the next iteration of the loop. On the usual path there is no task and no extra
+await: each caller's future is resolved by the connection when its reply arrives.
 """
 
 import asyncio
@@ -14,50 +15,48 @@ class ScriptBatcher:
     def __init__(self, connection: RespConnection, scripts: dict[str, str]):
         self.connection = connection
         self.scripts = scripts  # sha -> source, loaded again if Redis forgot them
-        self._pending: list[tuple[str, list, list, asyncio.Future]] = []
-        self._scheduled = False
+        self._pending: list[tuple] = []
+        self._futures: list[asyncio.Future] = []
+        self._tasks: set[asyncio.Task] = set()
 
     async def call(self, sha: str, keys: list, args: list):
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((sha, keys, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
+        """Run one loaded script; raise RespError for an error reply, OSError when Redis is away."""
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(command)
+        self._futures.append(future)
+        result = await future
+        if isinstance(result, RespError):
+            if not result.is_noscript:
+                raise result
+            # Redis restarted and forgot the scripts: load them, then this call once more.
+            await self.load()
+            [result] = await self.connection.execute([command])
+            if isinstance(result, RespError):
+                raise result
+        return result
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self._scheduled = False
-        task = asyncio.ensure_future(self._send(batch))
-        task.add_done_callback(_consume)
+        commands, futures = self._pending, self._futures
+        self._pending, self._futures = [], []
+        if self.connection.send_nowait(commands, futures) is None:
+            task = asyncio.ensure_future(self._connect_and_send(commands, futures))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch, *, retried: bool = False) -> None:
+    async def _connect_and_send(self, commands: list[tuple], futures: list[asyncio.Future]) -> None:
         try:
-            results = await self.connection.execute(
-                [("EVALSHA", sha, len(keys), *keys, *args) for sha, keys, args, _future in batch]
-            )
+            replies = await self.connection.execute(commands)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
-            for *_, future in batch:
+            for future in futures:
                 if not future.done():
                     future.set_exception(exc)
             return
-        if not retried and any(isinstance(result, RespError) and result.is_noscript for result in results):
-            await self.load()
-            await self._send(batch, retried=True)
-            return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        for reply, future in zip(replies, futures, strict=True):
+            if not future.done():
+                future.set_result(reply)
 
     async def load(self) -> None:
         await self.connection.execute([("SCRIPT", "LOAD", source) for source in self.scripts.values()])
-
-
-def _consume(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()

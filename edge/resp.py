@@ -24,6 +24,9 @@ class RespError(ResponseError):
 
 
 class _Protocol(asyncio.Protocol):
+    """Replies go to the waiting futures in order: the reply, or a RespError for an error reply.
+    A lost connection fails every waiter with ConnectionError."""
+
     def __init__(self):
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future] = deque()
@@ -43,7 +46,7 @@ class _Protocol(asyncio.Protocol):
             if waiter.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                waiter.set_exception(RespError(str(reply)))
+                waiter.set_result(RespError(str(reply)))
             else:
                 waiter.set_result(reply)
 
@@ -85,47 +88,82 @@ class RespConnection:
         if database and database != "0":
             setup.append(("SELECT", database))
         if setup:
-            await self._send(protocol, setup)
+            for reply in await self._wait(self._write(protocol, setup)):
+                if isinstance(reply, RespError):
+                    protocol.transport.close()
+                    raise reply
         return protocol
 
-    async def _ready(self) -> _Protocol:
+    async def ready(self) -> _Protocol:
+        """The open connection, connecting first if there is none."""
         if self._protocol is not None and not self._protocol.closed:
             return self._protocol
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._protocol is None or self._protocol.closed:
-                self._protocol = await asyncio.wait_for(self._connect(), self.timeout)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        self._protocol = await self._connect()
+                except TimeoutError:
+                    raise TimeoutError(f"connecting to Redis took over {self.timeout:g}s") from None
         return self._protocol
 
-    @staticmethod
-    async def _send(protocol: _Protocol, commands) -> list:
+    def send_nowait(self, commands, futures=None) -> list[asyncio.Future] | None:
+        """Write the commands now if connected and return a future per reply, else None.
+
+        ``futures``, when given, are the ones to resolve (one per command): a caller's own
+        future then wakes it directly, with no callback in between.
+
+        No task and no await: the replies resolve the futures as they arrive. If they have not
+        all come within the timeout, the connection is closed (later replies could no longer
+        be paired) and the missing ones fail with TimeoutError.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return None
+        return self._write(protocol, commands, futures)
+
+    def _write(self, protocol: _Protocol, commands, futures=None) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
-        waiters = []
-        for _command in commands:
-            waiter = loop.create_future()
-            protocol.waiters.append(waiter)
-            waiters.append(waiter)
-        protocol.transport.write(b"".join(hiredis.pack_command(tuple(command)) for command in commands))
-        return await asyncio.gather(*waiters, return_exceptions=True)
+        if futures is None:
+            futures = [loop.create_future() for _command in commands]
+        protocol.waiters.extend(futures)
+        protocol.transport.write(b"".join([hiredis.pack_command(tuple(command)) for command in commands]))
+        timer = loop.call_later(self.timeout, _expire, protocol, futures, self.timeout)
+        futures[-1].add_done_callback(lambda _future: all(f.done() for f in futures) and timer.cancel())
+        return futures
+
+    @staticmethod
+    async def _wait(futures: list[asyncio.Future]) -> list:
+        replies = []
+        for future in futures:
+            try:
+                replies.append(await future)
+            except OSError:
+                for other in futures:
+                    if other.done() and not other.cancelled():
+                        other.exception()  # retrieved: one failure is reported, not one per reply
+                raise
+        return replies
 
     async def execute(self, commands: list[tuple]) -> list:
         """Send the commands as one write; return each reply or its RespError, in order.
 
         Raise ConnectionError or TimeoutError (both OSError) when Redis cannot be reached.
         """
-        protocol = await self._ready()
-        try:
-            replies = await asyncio.wait_for(self._send(protocol, commands), self.timeout)
-        except TimeoutError:
-            # Replies may still come for these commands; start afresh rather than mis-pair them.
-            protocol.transport.close()
-            raise
-        for reply in replies:
-            if isinstance(reply, ConnectionError):
-                raise reply
-        return replies
+        protocol = await self.ready()
+        return await self._wait(self._write(protocol, commands))
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
+
+
+def _expire(protocol: _Protocol, futures: list[asyncio.Future], timeout: float) -> None:
+    pending = [future for future in futures if not future.done()]
+    if not pending:
+        return
+    for future in pending:
+        future.set_exception(TimeoutError(f"Redis did not answer within {timeout:g}s"))
+    protocol.transport.close()
