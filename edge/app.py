@@ -624,6 +624,7 @@ class _Exchange:
         self.status = 0
         self.usage: tuple[int, int, int] | None = None
         self.text = ""
+        self.sse: SSEUsage | None = None
         self.first_byte: float | None = None
         self.upstream_started: float | None = None
         self.upstream_url = ""
@@ -780,7 +781,7 @@ class _Exchange:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.usage = sse.usage
-            self.text = "".join(sse.text)
+            self.sse = sse
 
     def _read_json_usage(self, data: bytes) -> None:
         try:
@@ -800,7 +801,7 @@ class _Exchange:
             input_tokens, output_tokens, cached = self.usage
         elif self.status and self.status < 400 or self.disconnected:
             input_tokens = count_tokens(prompt_text(self.payload))
-            output_tokens = count_tokens(self.text)
+            output_tokens = count_tokens(self.sse.text() if self.sse is not None else self.text)
             cached = 0
             estimated = True
         else:

@@ -10,9 +10,12 @@ tokens and cost move from the estimate to the real figure, and the lease is rele
 Keys of one organization share a Redis Cluster hash slot (``{o:<org_id>}``).
 """
 
+import itertools
+import os
 import time
-import uuid
+from calendar import timegm
 from dataclasses import dataclass
+from functools import lru_cache
 
 from edge.records import KeyRecord, Limits
 
@@ -130,14 +133,65 @@ def _as_arg(value: int | None) -> int:
 
 
 def month_key(now: float | None = None) -> str:
+    if now is None:
+        return _current_month()
     return time.strftime("%Y%m", time.gmtime(now))
+
+
+_month = ("", 0.0)  # (YYYYMM, the first second of the next month)
+
+
+def _current_month() -> str:
+    global _month
+    now = time.time()
+    if now >= _month[1]:
+        year, month = time.gmtime(now)[:2]
+        following = (year + month // 12, month % 12 + 1)
+        _month = (f"{year:04d}{month:02d}", float(timegm((*following, 1, 0, 0, 0))))
+    return _month[0]
+
+
+class _Leases:
+    """Lease ids unique across processes and replicas: a random prefix per process, a counter."""
+
+    def __init__(self):
+        self._pid = 0
+
+    def next(self) -> str:
+        if self._pid != os.getpid():  # a new process (or a fork) draws its own prefix
+            self._pid = os.getpid()
+            self._prefix = os.urandom(8).hex() + ":"
+            self._counter = itertools.count()
+        return self._prefix + format(next(self._counter), "x")
+
+
+_leases = _Leases()
+
+
+@lru_cache(maxsize=65536)
+def _plan(org_id: int, key_id: str, key_limits: Limits, org_limits: Limits) -> tuple[tuple, tuple]:
+    """The script's keys and limit arguments for a key and its organization (they change only
+    with the key record, so they are built once per record, not once per request)."""
+    keys: list[str] = []
+    args: list = []
+    for scope, limits in (("k:" + key_id, key_limits), ("org", org_limits)):
+        keys += _scope_keys(org_id, scope)
+        budget = _as_arg(limits.budget_minor)
+        # Budgets are in cents; reservations in millionths of a cent.
+        args += [
+            _as_arg(limits.rpm),
+            _as_arg(limits.tpm),
+            _as_arg(limits.concurrency),
+            budget * 1_000_000 if budget >= 0 else budget,
+        ]
+    return tuple(keys), tuple(args)
 
 
 @dataclass(slots=True)
 class Admission:
     """An admitted request: what to settle later, and the headers to send."""
 
-    keys: list[str]
+    keys: tuple[str, ...]
     lease: str
     window: int
     month: str
@@ -208,21 +262,10 @@ class Limiter:
     async def admit(
         self, record: KeyRecord, *, estimated_tokens: int, reserved_cost: int
     ) -> Admission | Refusal:
-        scopes = [("key", record.key_limits), ("organization", record.org_limits)]
-        keys: list[str] = []
-        args: list = []
-        for name, limits in scopes:
-            keys += _scope_keys(record.org_id, f"k:{record.key_id}" if name == "key" else "org")
-            args += [
-                _as_arg(limits.rpm),
-                _as_arg(limits.tpm),
-                _as_arg(limits.concurrency),
-                _as_arg(limits.budget_minor),
-            ]
-        # Budgets are in cents; reservations in millionths of a cent.
-        args = [a if (i % 4) != 3 or a < 0 else a * 1_000_000 for i, a in enumerate(args)]
-        lease = uuid.uuid4().hex
-        month = month_key()
+        scopes = (("key", record.key_limits), ("organization", record.org_limits))
+        keys, args = _plan(record.org_id, record.key_id, record.key_limits, record.org_limits)
+        lease = _leases.next()
+        month = _current_month()
         call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, month, *args]
         if self.batcher is not None:
             result = await self.batcher.call(self._admit.sha, keys, call_args)

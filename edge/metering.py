@@ -1,6 +1,7 @@
 """Usage: read from the upstream's answer, or counted with a tokenizer, and the event."""
 
 import os
+import re
 import time
 from functools import lru_cache
 
@@ -94,59 +95,97 @@ def output_text(obj: dict) -> str:
     return "".join(parts)
 
 
+# An event that carries a usage object (not "usage": null, which some servers send on every chunk).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# Events kept for a fallback token count are read into text beyond this, to bound memory.
+_KEEP_BYTES = 1 << 20
+
+
 class SSEUsage:
-    """Follow an SSE stream event by event: find usage, collect text, drop the usage chunk.
+    """Follow an SSE stream: pass complete events on, find usage, drop the usage chunk.
 
     ``feed(chunk)`` returns the bytes to forward now: complete events only, minus the
-    usage-only chunk the edge asked for when the client did not.
+    usage-only chunk the edge asked for when the client did not. Only events that carry a
+    usage object are parsed on the way; the rest are kept as they are and read for their
+    text only if the stream ends without usage (``text()``, for a tokenizer count).
     """
 
     def __init__(self, *, drop_usage_chunk: bool):
         self.drop_usage_chunk = drop_usage_chunk
         self.usage: tuple[int, int, int] | None = None
-        self.text: list[str] = []
         self._buffer = b""
-        self.first_byte_at: float | None = None
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0
+        self._text: list[str] = []
 
     def feed(self, chunk: bytes) -> bytes:
-        self._buffer += chunk
-        out = []
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
-            if self._inspect(event):
-                out.append(event)
-        return b"".join(out)
+        buffer = self._buffer + chunk if self._buffer else chunk
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
+            return b""
+        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        if _USAGE_OBJECT.search(complete) is not None:
+            complete = self._take_usage(complete)
+        if self.usage is None:
+            self._keep(complete)
+        return complete
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
+        if self.usage is None:
+            self._keep(rest)
         return rest
 
-    def _inspect(self, event: bytes) -> bool:
-        """Record what the event carries; return whether to forward it."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if not data or data == b"[DONE]":
-                continue
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            usage = usage_from(obj) if b'"usage"' in data else None
-            if usage is not None:
-                self.usage = usage
-            text = output_text(obj)
-            if text:
-                self.text.append(text)
-            if usage is not None and self.drop_usage_chunk and not obj.get("choices"):
-                return False
-        return True
+    def text(self) -> str:
+        """The text of the events seen so far (what a tokenizer counts when usage never came)."""
+        self._read_kept()
+        return "".join(self._text)
+
+    def _keep(self, events: bytes) -> None:
+        self._kept.append(events)
+        self._kept_bytes += len(events)
+        if self._kept_bytes > _KEEP_BYTES:
+            self._read_kept()
+
+    def _read_kept(self) -> None:
+        for event in b"".join(self._kept).split(b"\n\n"):
+            obj = _event_json(event)
+            if obj is not None:
+                text = output_text(obj)
+                if text:
+                    self._text.append(text)
+        self._kept.clear()
+        self._kept_bytes = 0
+
+    def _take_usage(self, complete: bytes) -> bytes:
+        """Read the usage of the events that carry it; return the events to forward."""
+        forward = []
+        for event in complete[:-2].split(b"\n\n"):
+            event += b"\n\n"
+            if _USAGE_OBJECT.search(event) is not None:
+                obj = _event_json(event)
+                usage = usage_from(obj) if obj is not None else None
+                if usage is not None:
+                    self.usage = usage
+                    self._kept.clear()  # no tokenizer count is needed now
+                    self._text.clear()
+                    if self.drop_usage_chunk and not obj.get("choices"):
+                        continue
+            forward.append(event)
+        return b"".join(forward)
+
+
+def _event_json(event: bytes) -> dict | None:
+    """The JSON object in an event's data lines (joined, per the SSE format), if any."""
+    data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def new_event(**fields) -> dict:

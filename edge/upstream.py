@@ -70,7 +70,10 @@ class UpstreamResponse:
         "_chunks",
         "_connection",
         "_error",
+        "_last_data",
+        "_loop",
         "_paused",
+        "_watchdog",
         "_size",
         "_waiter",
         "complete",
@@ -92,6 +95,9 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
+        self._loop = asyncio.get_running_loop()
+        self._last_data = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -101,6 +107,7 @@ class UpstreamResponse:
 
     # --- fed by the connection ----------------------------------------------------------
     def _feed(self, data: bytes) -> None:
+        self._last_data = self._loop.time()
         self._chunks.append(data)
         self._size += len(data)
         if self._size > PAUSE_ABOVE_BYTES and not self._paused:
@@ -111,11 +118,13 @@ class UpstreamResponse:
     def _finish(self, keep_alive: bool) -> None:
         self.complete = True
         self.keep_alive = keep_alive
+        self._stop_watchdog()
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
         if not self.complete and self._error is None:
             self._error = error
+            self._stop_watchdog()
             self._wake()
 
     def _wake(self) -> None:
@@ -126,14 +135,33 @@ class UpstreamResponse:
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
+        if self._watchdog is None:
+            self._last_data = self._loop.time()
+            self._watchdog = self._loop.call_later(self.read_timeout, self._check_quiet)
         try:
-            async with asyncio.timeout(self.read_timeout):
-                await self._waiter
-        except TimeoutError:
-            raise ReadTimeout(f"no data from the upstream for {self.read_timeout:g}s") from None
+            await self._waiter
         finally:
             self._waiter = None
+
+    def _check_quiet(self) -> None:
+        """The read timeout: one timer per answer, pushed back while data keeps coming
+        (cheaper than a timeout around every wait of a long stream)."""
+        now = self._loop.time()
+        if self._paused:
+            # The edge stopped reading (a slow client), not the upstream: that is no silence.
+            self._last_data = now
+        quiet = now - self._last_data
+        if quiet < self.read_timeout:
+            self._watchdog = self._loop.call_later(self.read_timeout - quiet, self._check_quiet)
+            return
+        self._watchdog = None
+        self._fail(ReadTimeout(f"no data from the upstream for {self.read_timeout:g}s"))
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     # --- read by the edge -----------------------------------------------------------------
     async def read(self) -> bytes:
@@ -167,6 +195,7 @@ class UpstreamResponse:
     def _resume(self) -> None:
         if self._paused:
             self._paused = False
+            self._last_data = self._loop.time()
             self._connection.transport.resume_reading()
 
     def release(self) -> None:
@@ -178,6 +207,7 @@ class UpstreamResponse:
         if connection is None:
             return
         self._connection = None
+        self._stop_watchdog()
         if self.complete and self.keep_alive and self._error is None and not connection.closed:
             connection.client._put(connection)
         else:

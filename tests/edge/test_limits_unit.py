@@ -402,3 +402,24 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     assert [orjson.loads(fields[b"data"]) for _id, fields in entries] == [event]
     hour = event["ended_at_ms"] // 3_600_000
     assert await redis.hget(f"tg:served:{{o:{ORG_ID}}}:{hour}", f"{KEY_ID}:requests") == b"1"
+
+
+def test_the_budget_month_turns_at_midnight_utc_on_the_first(time_machine):
+    from edge.limits import _current_month
+
+    time_machine.move_to("2026-11-30T23:59:59.500+00:00", tick=False)
+    assert _current_month() == "202611"
+    time_machine.move_to("2026-12-01T00:00:00+00:00", tick=False)
+    assert _current_month() == "202612"
+    time_machine.move_to("2026-12-31T23:59:59+00:00", tick=False)
+    assert _current_month() == "202612"
+    time_machine.move_to("2027-01-01T00:00:00+00:00", tick=False)
+    assert _current_month() == "202701"
+    assert month_key() == "202701"
+
+
+def test_lease_ids_do_not_repeat():
+    from edge.limits import _leases
+
+    ids = {_leases.next() for _ in range(10_000)}
+    assert len(ids) == 10_000

@@ -1,0 +1,95 @@
+"""SSEUsage (edge/metering.py): what is forwarded, what usage is found, and the text fallback."""
+
+import orjson
+import pytest
+
+from edge.metering import SSEUsage
+
+
+def event(obj) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def delta(text: str, **extra) -> bytes:
+    return event(
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}], **extra}
+    )
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}
+USAGE_ONLY = event({"object": "chat.completion.chunk", "choices": [], "usage": USAGE})
+DONE = b"data: [DONE]\n\n"
+
+
+def run(chunks, *, drop_usage_chunk) -> tuple[bytes, SSEUsage]:
+    sse = SSEUsage(drop_usage_chunk=drop_usage_chunk)
+    out = b"".join(sse.feed(chunk) for chunk in chunks) + sse.flush()
+    return out, sse
+
+
+def test_usage_only_chunk_is_read_and_dropped_when_the_client_did_not_ask():
+    chunks = [delta("a"), delta(" b", usage=None), USAGE_ONLY, DONE]
+    out, sse = run(chunks, drop_usage_chunk=True)
+    assert out == delta("a") + delta(" b", usage=None) + DONE
+    assert sse.usage == (11, 3, 4)
+
+
+def test_usage_only_chunk_is_forwarded_when_the_client_asked():
+    chunks = [delta("a"), USAGE_ONLY, DONE]
+    out, sse = run(chunks, drop_usage_chunk=False)
+    assert out == b"".join(chunks)
+    assert sse.usage == (11, 3, 4)
+
+
+def test_usage_on_a_last_chunk_that_still_has_choices_counts_and_is_forwarded():
+    last = delta(" end", usage=USAGE)
+    out, sse = run([delta("a"), last, DONE], drop_usage_chunk=True)
+    assert out == delta("a") + last + DONE
+    assert sse.usage == (11, 3, 4)
+
+
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_events_split_across_chunks_anywhere_are_forwarded_whole_and_in_order(size):
+    stream = delta("one") + delta(" two") + USAGE_ONLY + DONE
+    pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
+    sse = SSEUsage(drop_usage_chunk=True)
+    outputs = [sse.feed(piece) for piece in pieces]
+    assert all(out == b"" or out.endswith(b"\n\n") for out in outputs)  # never half an event
+    assert b"".join(outputs) + sse.flush() == delta("one") + delta(" two") + DONE
+    assert sse.usage == (11, 3, 4)
+
+
+def test_without_usage_the_text_is_read_from_the_kept_events():
+    out, sse = run([delta("Hello"), delta(" world"), DONE], drop_usage_chunk=True)
+    assert sse.usage is None
+    assert sse.text() == "Hello world"
+    assert out == delta("Hello") + delta(" world") + DONE
+
+
+def test_completion_chunks_give_their_text_too():
+    chunk = event({"object": "text_completion", "choices": [{"index": 0, "text": "abc"}]})
+    _, sse = run([chunk, chunk], drop_usage_chunk=False)
+    assert sse.text() == "abcabc"
+
+
+def test_null_usage_on_every_chunk_is_not_usage():
+    out, sse = run([delta("x", usage=None), delta("y", usage=None)], drop_usage_chunk=True)
+    assert sse.usage is None
+    assert sse.text() == "xy"
+
+
+def test_a_long_stream_without_usage_keeps_its_text_within_bounds():
+    chunk = delta("word ")
+    sse = SSEUsage(drop_usage_chunk=True)
+    count = (1 << 20) // len(chunk) * 3
+    for _ in range(count):
+        sse.feed(chunk)
+    assert sse._kept_bytes <= 1 << 20  # folded into text as it goes
+    assert sse.text() == "word " * count
+
+
+def test_a_torn_final_event_is_passed_on_at_flush():
+    sse = SSEUsage(drop_usage_chunk=True)
+    assert sse.feed(delta("a") + b'data: {"tor') == delta("a")
+    assert sse.flush() == b'data: {"tor'
+    assert sse.text() == "a"
