@@ -83,7 +83,7 @@ async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organi
     after = await redis_ms(redis)
     assert isinstance(admission, Admission)
     assert admission.window == win
-    assert admission.keys == [RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET]
+    assert admission.keys == (RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET)
     assert admission.estimated_tokens == 305
     assert admission.month == month_key()
     assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 305}
