@@ -577,9 +577,9 @@ class Edge:
             await self._complete_batch(commands, results)
         except (RedisError, OSError):
             metrics.PUBLISH_FAILURES.inc()
-            # Each settlement waits in the spool with its event: the budget reservation is
-            # corrected and the lease released when Redis is back, not only the event sent.
-            for event, settle in batch:
+            for event, settle in _unconfirmed(batch, results):
+                # The settlement waits in the spool with its event: the budget reservation is
+                # corrected and the lease released when Redis is back, not only the event sent.
                 self.spool.append({**event, "_settle": settle} if settle else event)
                 metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
@@ -588,6 +588,19 @@ class Edge:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _unconfirmed(batch: list[tuple[dict, list | None]], results: list | None) -> list:
+    """The requests of a batch that must be spooled: all of them, unless Redis confirmed both
+    the settlement and the event of some before the connection broke (sending those again
+    would apply the settlement twice). ``results`` are the replies, two per request, in order."""
+    if results is None:
+        return batch
+    return [
+        item
+        for index, item in enumerate(batch)
+        if isinstance(results[2 * index], Exception) or isinstance(results[2 * index + 1], Exception)
+    ]
 
 
 class _Exchange:

@@ -273,3 +273,24 @@ def test_replay_file_left_by_a_process_that_died_while_replaying_is_replayed(
     time.sleep(1.5)
     assert stream_events(client) == older + newer
     client.close()
+
+
+def test_a_batch_cut_off_midway_spools_only_what_redis_did_not_confirm():
+    from edge.app import _unconfirmed
+    from edge.resp import RespError
+
+    batch = [({"event_id": str(n)}, [["k"], [n]]) for n in range(4)]
+    lost = ConnectionError("lost the connection to Redis")
+    results = [
+        1, b"1-0",  # request 0: settled and recorded
+        1, b"1-1",  # request 1: settled and recorded
+        1, lost,  # request 2: settled, its event unconfirmed
+        lost, lost,  # request 3: nothing confirmed
+    ]  # fmt: skip
+
+    assert [event["event_id"] for event, _ in _unconfirmed(batch, results)] == ["2", "3"]
+    # Scripts Redis forgot (NOSCRIPT) did not run: their requests are spooled too.
+    noscript = RespError("NOSCRIPT No matching script")
+    assert _unconfirmed(batch[:1], [noscript, b"1-0"]) == batch[:1]
+    # Without replies (the write itself failed) every request is spooled.
+    assert _unconfirmed(batch, None) == batch
