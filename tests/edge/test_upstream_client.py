@@ -383,3 +383,76 @@ async def test_garbage_from_the_upstream_is_disconnected():
         await post(client, server)
     client.close()
     await server.stop()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1, and a client context that trusts only it."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tollgate-test-upstream")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_path, key_path)
+    client_context = ssl.create_default_context(cafile=str(cert_path))
+    return server_context, client_context
+
+
+async def test_https_upstream_verifies_the_certificate_and_keeps_the_connection(tmp_path):
+    server_context, client_context = _self_signed(tmp_path)
+    scripted = ScriptedServer([ok(), ok(b'{"n":2}')])
+    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/base"
+    client = UpstreamClient()
+    client._ssl = client_context
+    for expected in (JSON_ANSWER, b'{"n":2}'):
+        response = await client.post(url, b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0)
+        assert await response.read() == expected
+        response.release()
+    assert scripted.connections == 1
+    assert scripted.requests[0][0].startswith(b"POST /base/v1/embeddings HTTP/1.1\r\n")
+    client.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tmp_path):
+    server_context, _client_context = _self_signed(tmp_path)
+    scripted = ScriptedServer([ok()])
+    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = UpstreamClient()  # the system's trust store, which does not know this certificate
+    with pytest.raises(ConnectFailed):
+        await client.post(url, b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0)
+    assert scripted.requests == []
+    client.close()
+    server.close()
+    await server.wait_closed()
