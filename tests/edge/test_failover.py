@@ -167,33 +167,20 @@ def test_last_upstreams_503_passes_through_with_its_body(post):
     assert response.content == UNAVAILABLE_BODY
 
 
-def test_all_upstreams_down_is_502(post, usage_events):
-    response = post("all-down")
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("all-down", "The model server could not be reached."),
+        # A non-streamed answer torn off before its length is an error, never a short body.
+        ("torn", "The model server broke off its answer."),
+    ],
+)
+def test_unreachable_or_torn_upstream_is_502(post, usage_events, model, message):
+    response = post(model)
 
     assert response.status_code == 502
     assert response.json() == {
-        "error": {
-            "message": "The model server could not be reached.",
-            "type": "server_error",
-            "param": None,
-            "code": "upstream_unavailable",
-        }
-    }
-    [event] = usage_events(1)
-    assert (event["status"], event["input_tokens"], event["output_tokens"]) == (502, 0, 0)
-
-
-def test_answer_torn_off_before_its_end_is_502_not_a_short_body(post, usage_events):
-    response = post("torn")
-
-    assert response.status_code == 502
-    assert response.json() == {
-        "error": {
-            "message": "The model server broke off its answer.",
-            "type": "server_error",
-            "param": None,
-            "code": "upstream_unavailable",
-        }
+        "error": {"message": message, "type": "server_error", "param": None, "code": "upstream_unavailable"}
     }
     [event] = usage_events(1)
     assert (event["status"], event["input_tokens"], event["output_tokens"]) == (502, 0, 0)
