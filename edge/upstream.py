@@ -70,6 +70,7 @@ class UpstreamResponse:
         "_chunks",
         "_connection",
         "_error",
+        "_hold_limit",
         "_last_data",
         "_loop",
         "_paused",
@@ -95,6 +96,7 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
+        self._hold_limit = PAUSE_ABOVE_BYTES
         self._loop = asyncio.get_running_loop()
         self._last_data = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -110,7 +112,7 @@ class UpstreamResponse:
         self._last_data = self._loop.time()
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > PAUSE_ABOVE_BYTES and not self._paused:
+        if self._size > self._hold_limit and not self._paused:
             self._paused = True
             self._connection.transport.pause_reading()
         self._wake()
@@ -165,11 +167,12 @@ class UpstreamResponse:
 
     # --- read by the edge -----------------------------------------------------------------
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body (the edge holds it all: it is answered with a content-length)."""
+        self._hold_limit = float("inf")
+        self._resume()
         while not self.complete:
             if self._error is not None:
                 raise self._error
-            self._resume()
             await self._wait()
         return self._take()
 

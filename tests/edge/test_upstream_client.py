@@ -456,3 +456,16 @@ async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tm
     client.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_read_collects_a_large_body_whole_without_pausing_the_upstream():
+    payload = b"[" + b"0.125," * (3 * PAUSE_ABOVE_BYTES // 6) + b"0]"
+    server = await ScriptedServer([ok(payload)]).start()
+    client = UpstreamClient()
+    response = await post(client, server)
+    assert await response.read() == payload
+    assert not response._paused
+    response.release()
+    assert len(client._idle[client.origin(server.url).key]) == 1  # read to the end: kept
+    client.close()
+    await server.stop()
