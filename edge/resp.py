@@ -131,7 +131,14 @@ class RespConnection:
         protocol.waiters.extend(futures)
         protocol.transport.write(b"".join([hiredis.pack_command(tuple(command)) for command in commands]))
         timer = loop.call_later(self.timeout, _expire, protocol, futures, self.timeout)
-        futures[-1].add_done_callback(lambda _future: all(f.done() for f in futures) and timer.cancel())
+
+        def answered(_last: asyncio.Future) -> None:
+            # Replies come in order, so the last one in means all are, unless the last was
+            # done early (its caller gave up): then the timer still guards the others.
+            if all(future.done() for future in futures):
+                timer.cancel()
+
+        futures[-1].add_done_callback(answered)
         return futures
 
     @staticmethod
