@@ -52,6 +52,8 @@ from edge.upstream import ConnectTimeout, ReadTimeout, UpstreamClient, UpstreamE
 logger = logging.getLogger("tollgate.edge")
 
 USAGE_STREAM = "tg:usage"
+# In the spool: this request's settlement (and served count) already took effect; replay its event only.
+SETTLED = "settled"
 PUBLISH_BATCH_SECONDS = 0.002
 PROXIED = {
     "/v1/chat/completions": "chat.completions",
@@ -236,14 +238,18 @@ class Edge:
         batch = []
         for spooled in events:
             event = dict(spooled)
-            batch.append((event, event.pop("_settle", None)))
+            settle = event.pop("_settle", None)
+            if event.pop("_settled", False):
+                settle = SETTLED
+            batch.append((event, settle))
         await self._record_batch(batch)
 
     def _batch_commands(self, batch: list[tuple[dict, list | None]]) -> list[tuple]:
         """Per request: its settlement with the served counters (one script), and its event."""
         commands = []
         for event, settle in batch:
-            commands.append(self.limiter.settle_command(settle, event))
+            if settle != SETTLED:
+                commands.append(self.limiter.settle_command(settle, event))
             commands.append(("XADD", USAGE_STREAM, "*", "data", orjson.dumps(event)))
         return commands
 
@@ -577,10 +583,8 @@ class Edge:
             await self._complete_batch(commands, results)
         except (RedisError, OSError):
             metrics.PUBLISH_FAILURES.inc()
-            for event, settle in _unconfirmed(batch, results):
-                # The settlement waits in the spool with its event: the budget reservation is
-                # corrected and the lease released when Redis is back, not only the event sent.
-                self.spool.append({**event, "_settle": settle} if settle else event)
+            for record in _spool_records(batch, results):
+                self.spool.append(record)
                 metrics.SPOOLED.inc()
             metrics.SPOOL_PENDING.set(self.spool.pending)
 
@@ -590,17 +594,27 @@ class Edge:
         task.add_done_callback(self._tasks.discard)
 
 
-def _unconfirmed(batch: list[tuple[dict, list | None]], results: list | None) -> list:
-    """The requests of a batch that must be spooled: all of them, unless Redis confirmed both
-    the settlement and the event of some before the connection broke (sending those again
-    would apply the settlement twice). ``results`` are the replies, two per request, in order."""
-    if results is None:
-        return batch
-    return [
-        item
-        for index, item in enumerate(batch)
-        if isinstance(results[2 * index], Exception) or isinstance(results[2 * index + 1], Exception)
-    ]
+def _spool_records(batch: list[tuple[dict, list | None]], results: list | None) -> list[dict]:
+    """What to spool of a batch Redis did not wholly take. ``results`` are its replies, two per
+    request (settlement, event) in order, or None when nothing is known to have arrived.
+
+    Replies come in order, so those before a break took effect: a request Redis confirmed is
+    not spooled, and one whose settlement it confirmed but not its event is spooled to replay
+    the event only, so that no settlement is applied twice. Otherwise the settlement waits in
+    the spool with its event: the budget reservation is corrected and the lease released when
+    Redis is back, not only the event sent.
+    """
+    records = []
+    for index, (event, settle) in enumerate(batch):
+        settled = results is not None and not isinstance(results[2 * index], Exception)
+        recorded = results is not None and not isinstance(results[2 * index + 1], Exception)
+        if settled and recorded:
+            continue
+        if settled:
+            records.append({**event, "_settled": True})
+        else:
+            records.append({**event, "_settle": settle} if settle else event)
+    return records
 
 
 class _Exchange:

@@ -276,21 +276,51 @@ def test_replay_file_left_by_a_process_that_died_while_replaying_is_replayed(
 
 
 def test_a_batch_cut_off_midway_spools_only_what_redis_did_not_confirm():
-    from edge.app import _unconfirmed
+    from edge.app import _spool_records
     from edge.resp import RespError
 
-    batch = [({"event_id": str(n)}, [["k"], [n]]) for n in range(4)]
+    settles = [[["k"], [n]] for n in range(4)]
+    batch = [({"event_id": str(n)}, settles[n]) for n in range(4)]
     lost = ConnectionError("lost the connection to Redis")
     results = [
         1, b"1-0",  # request 0: settled and recorded
-        1, b"1-1",  # request 1: settled and recorded
+        lost, b"1-1",  # request 1: recorded, its settlement unconfirmed
         1, lost,  # request 2: settled, its event unconfirmed
         lost, lost,  # request 3: nothing confirmed
     ]  # fmt: skip
 
-    assert [event["event_id"] for event, _ in _unconfirmed(batch, results)] == ["2", "3"]
-    # Scripts Redis forgot (NOSCRIPT) did not run: their requests are spooled too.
+    assert _spool_records(batch, results) == [
+        {"event_id": "1", "_settle": settles[1]},  # the event again is harmless: ingest dedups by id
+        {"event_id": "2", "_settled": True},  # the settlement must not run twice
+        {"event_id": "3", "_settle": settles[3]},
+    ]
+    # Scripts Redis forgot (NOSCRIPT) did not run: their requests are spooled whole.
     noscript = RespError("NOSCRIPT No matching script")
-    assert _unconfirmed(batch[:1], [noscript, b"1-0"]) == batch[:1]
-    # Without replies (the write itself failed) every request is spooled.
-    assert _unconfirmed(batch, None) == batch
+    assert _spool_records(batch[:1], [noscript, b"1-0"]) == [{"event_id": "0", "_settle": settles[0]}]
+    # Without replies (the write itself failed) every request is spooled whole.
+    assert _spool_records(batch, None) == [{"event_id": str(n), "_settle": settles[n]} for n in range(4)]
+
+
+def test_a_spooled_event_whose_settlement_took_effect_is_replayed_without_it(
+    tmp_path, private_redis, start_edge, mock_upstream
+):
+    from edge.limits import served_key
+
+    spool_dir = tmp_path / "crashed"
+    spool_dir.mkdir()
+    settled, unsettled = spool_event(0), spool_event(1)
+    lines = [orjson.dumps({**settled, "_settled": True}), orjson.dumps(unsettled)]
+    (spool_dir / f"spool-{dead_pid()}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+
+    start_edge(
+        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}],
+        redis_url=private_redis.url,
+        spool_dir=spool_dir,
+    )
+    client = private_redis.client()
+    wait_until(lambda: client.xlen("tg:usage") >= 2, 10, "the replay")
+    assert stream_events(client) == [settled, unsettled]
+    # Only the request that was not settled yet is counted as served now.
+    counters = client.hgetall(served_key(1, unsettled["ended_at_ms"]))
+    assert counters == {b"key_crashed:requests": b"1", b"key_crashed:tokens": b"19"}
+    client.close()
