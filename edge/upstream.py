@@ -56,9 +56,8 @@ class Origin:
         self.ssl = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if self.ssl else 80)
-        default_port = self.port == (443 if self.ssl else 80)
-        self.host_header = parts.netloc.rpartition("@")[2] if not default_port else self.host
-        self.host_header = self.host_header.encode("idna")
+        # As the URL wrote it (an IPv6 address keeps its brackets), without any user info.
+        self.host_header = parts.netloc.rpartition("@")[2].encode("idna")
         self.base_path = parts.path.rstrip("/").encode()
         self.key = (parts.scheme, self.host, self.port)
 

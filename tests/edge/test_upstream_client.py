@@ -469,3 +469,24 @@ async def test_read_collects_a_large_body_whole_without_pausing_the_upstream():
     assert len(client._idle[client.origin(server.url).key]) == 1  # read to the end: kept
     client.close()
     await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "host_header", "base_path"),
+    [
+        ("http://vllm-a:8000", "vllm-a", 8000, b"vllm-a:8000", b""),
+        ("https://api.example.com/openai/", "api.example.com", 443, b"api.example.com", b"/openai"),
+        ("http://[::1]:9001/v2", "::1", 9001, b"[::1]:9001", b"/v2"),
+        ("http://user:secret@10.0.0.5", "10.0.0.5", 80, b"10.0.0.5", b""),
+    ],
+)
+def test_origin_reads_host_port_host_header_and_base_path(url, host, port, host_header, base_path):
+    from edge.upstream import Origin
+
+    origin = Origin(url)
+    assert (origin.host, origin.port, origin.host_header, origin.base_path) == (
+        host,
+        port,
+        host_header,
+        base_path,
+    )
