@@ -3,7 +3,7 @@
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -49,7 +49,6 @@ class EdgeConfig:
     trust_forwarded_for: bool = False
     default_max_tokens: int = 4096
     access_log: bool = True
-    extra: dict = field(default_factory=dict)
 
     def route_for(self, model: str) -> Route | None:
         for route in self.routes:
@@ -59,6 +58,38 @@ class EdgeConfig:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
+# The settings each mapping may hold: a misspelt one is an error, not a silent default.
+TOP_LEVEL = {
+    "listen",
+    "workers",
+    "body_limit_bytes",
+    "auth_cache",
+    "spool",
+    "lease_ttl_seconds",
+    "default_max_tokens",
+    "trust_forwarded_for",
+    "access_log",
+    "redis_url",
+    "routes",
+}
+LISTEN = {"host", "port"}
+AUTH_CACHE = {"ttl_seconds", "max_entries", "stale_seconds"}
+SPOOL = {"dir", "fsync_ms"}
+ROUTE = {"model", "upstreams"}
+UPSTREAM = {"url", "weight", "api_key", "connect_timeout", "read_timeout"}
+
+
+def _mapping(raw, name: str, allowed: set[str]) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} must be a mapping")
+    unknown = sorted(str(key) for key in raw if key not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"{name} has unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(allowed))})"
+        )
+    return raw
 
 
 def _expand(value: str, env) -> str:
@@ -87,7 +118,8 @@ def _routes(raw, env) -> tuple[Route, ...]:
     routes = []
     for index, item in enumerate(raw):
         where = f"routes[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
+        item = _mapping(item, where, ROUTE)
+        if not isinstance(item.get("model"), str) or not item["model"]:
             raise ConfigError(f"{where}.model must be a model name or glob")
         upstreams = item.get("upstreams")
         if not isinstance(upstreams, list) or not upstreams:
@@ -97,16 +129,25 @@ def _routes(raw, env) -> tuple[Route, ...]:
             u_where = f"{where}.upstreams[{u_index}]"
             if isinstance(upstream, str):
                 upstream = {"url": upstream}
+            upstream = _mapping(upstream, u_where, UPSTREAM)
             url = _expand(str(upstream.get("url", "")), env).rstrip("/")
             if not re.match(r"^https?://[^/]+", url):
                 raise ConfigError(f"{u_where}.url must be an http(s) URL, got {url!r}")
+            if "@" in url.split("/", 3)[2]:
+                raise ConfigError(
+                    f"{u_where}.url must not hold credentials: put the upstream's key in api_key"
+                )
             parsed.append(
                 Upstream(
                     url=url,
                     weight=_number(upstream.get("weight", 1), f"{u_where}.weight", int, 1),
                     api_key=_expand(str(upstream.get("api_key", "")), env),
-                    connect_timeout=_number(upstream.get("connect_timeout", 5), f"{u_where}.connect_timeout"),
-                    read_timeout=_number(upstream.get("read_timeout", 300), f"{u_where}.read_timeout"),
+                    connect_timeout=_number(
+                        upstream.get("connect_timeout", 5), f"{u_where}.connect_timeout", minimum=0.001
+                    ),
+                    read_timeout=_number(
+                        upstream.get("read_timeout", 300), f"{u_where}.read_timeout", minimum=0.001
+                    ),
                 )
             )
         routes.append(Route(pattern=item["model"], upstreams=tuple(parsed)))
@@ -125,15 +166,16 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         raise ConfigError(f"cannot read EDGE_CONFIG {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("the edge config must be a mapping")
+    _mapping(data, "the edge config", TOP_LEVEL)
     pepper = env.get("KEY_PEPPER", "")
     if len(pepper) < 32:
         raise ConfigError("KEY_PEPPER must be set to the portal's value (32+ characters)")
     redis_url = env.get("EDGE_REDIS_URL") or env.get("REDIS_URL") or data.get("redis_url")
     if not redis_url or not re.match(r"^(redis|rediss|unix)://", redis_url):
         raise ConfigError("EDGE_REDIS_URL (or redis_url in the config) must be a redis:// URL")
-    listen = data.get("listen", {}) or {}
-    cache = data.get("auth_cache", {}) or {}
-    spool = data.get("spool", {}) or {}
+    listen = _mapping(data.get("listen"), "listen", LISTEN)
+    cache = _mapping(data.get("auth_cache"), "auth_cache", AUTH_CACHE)
+    spool = _mapping(data.get("spool"), "spool", SPOOL)
     return EdgeConfig(
         redis_url=redis_url,
         pepper=pepper.encode(),
@@ -154,7 +196,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         spool_dir=env.get("EDGE_SPOOL_DIR") or spool.get("dir", ".run/spool"),
         spool_fsync_ms=_number(spool.get("fsync_ms", 50), "spool.fsync_ms", int, 1),
         lease_ttl_seconds=_number(data.get("lease_ttl_seconds", 600), "lease_ttl_seconds", int, 1),
-        trust_forwarded_for=bool(data.get("trust_forwarded_for", False)),
+        trust_forwarded_for=_boolean(data.get("trust_forwarded_for", False), "trust_forwarded_for"),
         default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
         access_log=_boolean(env.get("EDGE_ACCESS_LOG", data.get("access_log", True)), "access_log"),
     )

@@ -1,0 +1,183 @@
+"""Edge configuration (edge/config.py): one YAML file plus the environment, parsed strictly."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PEPPER = "p" * 40
+ENV = {"KEY_PEPPER": PEPPER, "EDGE_REDIS_URL": "redis://127.0.0.1:6379/3"}
+ROUTES = [{"model": "demo-*", "upstreams": ["http://127.0.0.1:9001"]}]
+
+
+def load(tmp_path, data, **env):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(str(path), env={**ENV, **env})
+
+
+def test_the_example_file_reads_as_documented():
+    config = load_config(str(ROOT / "deploy" / "edge.example.yaml"), env={**ENV, "VLLM_API_KEY": "sk-vllm"})
+
+    assert (config.host, config.port, config.workers) == ("127.0.0.1", 8080, 2)
+    assert (config.auth_cache_ttl, config.auth_cache_size, config.stale_auth_seconds) == (10, 100_000, 300)
+    assert (config.spool_dir, config.spool_fsync_ms, config.lease_ttl_seconds) == (".run/spool", 50, 600)
+    assert (config.body_limit_bytes, config.default_max_tokens, config.trust_forwarded_for) == (
+        10485760,
+        4096,
+        False,
+    )
+    assert config.pepper == PEPPER.encode()
+    assert config.redis_url == "redis://127.0.0.1:6379/3"
+    gpt = config.route_for("gpt-4o-mini")
+    assert [(u.url, u.weight, u.api_key) for u in gpt.upstreams] == [
+        ("http://127.0.0.1:8001", 3, "sk-vllm"),
+        ("http://127.0.0.1:8002", 1, ""),
+    ]
+    demo = config.route_for("demo-chat").upstreams[0]
+    assert (demo.connect_timeout, demo.read_timeout) == (2, 120)
+    assert config.route_for("llama-3") is None
+
+
+def test_the_environment_overrides_the_file(tmp_path):
+    config = load(
+        tmp_path,
+        {"listen": {"host": "0.0.0.0", "port": 8080}, "workers": 4, "routes": ROUTES},
+        EDGE_HOST="127.0.0.2",
+        EDGE_PORT="9090",
+        EDGE_WORKERS="3",
+        EDGE_SPOOL_DIR="/var/spool/tollgate",
+        EDGE_STALE_AUTH_SECONDS="30",
+        EDGE_ACCESS_LOG="false",
+    )
+
+    assert (config.host, config.port, config.workers) == ("127.0.0.2", 9090, 3)
+    assert (config.spool_dir, config.stale_auth_seconds, config.access_log) == (
+        "/var/spool/tollgate",
+        30,
+        False,
+    )
+
+
+def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path):
+    config = load(tmp_path, {"routes": [{"model": "*", "upstreams": ["https://api.example.com/v1/"]}]})
+
+    [upstream] = config.routes[0].upstreams
+    assert (upstream.url, upstream.weight, upstream.api_key) == ("https://api.example.com/v1", 1, "")
+    assert (upstream.connect_timeout, upstream.read_timeout) == (5, 300)
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "message"),
+    [
+        (
+            {"routes": ROUTES},
+            {"KEY_PEPPER": "short"},
+            "KEY_PEPPER must be set to the portal's value (32+ characters)",
+        ),
+        (
+            {"routes": ROUTES},
+            {"EDGE_REDIS_URL": "http://redis"},
+            "EDGE_REDIS_URL (or redis_url in the config) must be a redis:// URL",
+        ),
+        ({"routes": []}, {}, "routes must be a non-empty list"),
+        ({"routes": [{"model": "m", "upstreams": []}]}, {}, "routes[0].upstreams must be a non-empty list"),
+        ({"routes": [{"upstreams": ["http://a"]}]}, {}, "routes[0].model must be a model name or glob"),
+        (
+            {"routes": [{"model": "m", "upstreams": ["ftp://files"]}]},
+            {},
+            "routes[0].upstreams[0].url must be an http(s) URL, got 'ftp://files'",
+        ),
+        (
+            {"routes": [{"model": "m", "upstreams": ["http://user:pw@vllm:8000"]}]},
+            {},
+            "routes[0].upstreams[0].url must not hold credentials: put the upstream's key in api_key",
+        ),
+        (
+            {"routes": [{"model": "m", "upstreams": [{"url": "http://a", "weight": 0}]}]},
+            {},
+            "routes[0].upstreams[0].weight must be >= 1, got 0",
+        ),
+        (
+            {"routes": [{"model": "m", "upstreams": [{"url": "http://a", "read_timeout": "soon"}]}]},
+            {},
+            "routes[0].upstreams[0].read_timeout must be a number, got 'soon'",
+        ),
+        (
+            {"routes": [{"model": "m", "upstreams": [{"url": "http://a", "connect_timeout": 0}]}]},
+            {},
+            "routes[0].upstreams[0].connect_timeout must be >= 0.001, got 0.0",
+        ),
+        (
+            {
+                "routes": [
+                    {"model": "m", "upstreams": [{"url": "http://a", "api_key": "${NOT_SET_ANYWHERE}"}]}
+                ]
+            },
+            {},
+            "environment variable NOT_SET_ANYWHERE referenced in the config is not set",
+        ),
+        (
+            {"routes": [{"model": "m", "upstream": ["http://a"]}]},
+            {},
+            "routes[0] has unknown settings: upstream (known: model, upstreams)",
+        ),
+        (
+            {"routes": [{"model": "m", "upstreams": [{"url": "http://a", "timeout": 3}]}]},
+            {},
+            "routes[0].upstreams[0] has unknown settings: timeout "
+            "(known: api_key, connect_timeout, read_timeout, url, weight)",
+        ),
+        (
+            {"listn": {"port": 1}, "routes": ROUTES},
+            {},
+            "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
+            "default_max_tokens, lease_ttl_seconds, listen, redis_url, routes, spool, trust_forwarded_for, workers)",
+        ),
+        (
+            {"spool": {"directory": "/tmp"}, "routes": ROUTES},
+            {},
+            "spool has unknown settings: directory (known: dir, fsync_ms)",
+        ),
+        ({"auth_cache": 10, "routes": ROUTES}, {}, "auth_cache must be a mapping"),
+        (
+            {"trust_forwarded_for": "maybe", "routes": ROUTES},
+            {},
+            "trust_forwarded_for must be true or false, got 'maybe'",
+        ),
+        ({"routes": ROUTES}, {"EDGE_PORT": "http"}, "EDGE_PORT must be a number, got 'http'"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_a_message_that_names_it(tmp_path, data, env, message):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, data, **env)
+    assert str(caught.value) == message
+
+
+def test_trust_forwarded_for_reads_yaml_and_string_booleans(tmp_path):
+    assert load(tmp_path, {"trust_forwarded_for": True, "routes": ROUTES}).trust_forwarded_for is True
+    assert load(tmp_path, {"trust_forwarded_for": "false", "routes": ROUTES}).trust_forwarded_for is False
+
+
+def test_python_m_edge_with_a_bad_config_exits_2_and_says_why(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"routes": [{"model": "m", "upstreams": ["ftp://files"]}]}))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(path)],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **ENV},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        "edge: configuration error: routes[0].upstreams[0].url must be an http(s) URL, got 'ftp://files'\n"
+    )
