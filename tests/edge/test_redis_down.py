@@ -324,3 +324,27 @@ def test_a_spooled_event_whose_settlement_took_effect_is_replayed_without_it(
     counters = client.hgetall(served_key(1, unsettled["ended_at_ms"]))
     assert counters == {b"key_crashed:requests": b"1", b"key_crashed:tokens": b"19"}
     client.close()
+
+
+def test_readyz_follows_redis_while_healthz_stays_up(private_redis, start_edge, mock_upstream):
+    edge = start_edge(
+        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}], redis_url=private_redis.url
+    )
+
+    ready = httpx.get(f"{edge.url}/readyz", timeout=5)
+    assert (ready.status_code, ready.json()) == (200, {"status": "ok", "redis": "ok"})
+
+    private_redis.kill()
+    down = wait_until(
+        lambda: (response := httpx.get(f"{edge.url}/readyz", timeout=10)).status_code == 503 and response,
+        10,
+        "/readyz to report Redis down",
+    )
+    assert down.json() == {"status": "unavailable", "redis": "error"}
+    alive = httpx.get(f"{edge.url}/healthz", timeout=5)
+    assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+
+    private_redis.start()
+    wait_until(
+        lambda: httpx.get(f"{edge.url}/readyz", timeout=10).status_code == 200, 10, "/readyz to recover"
+    )
