@@ -336,14 +336,17 @@ class Edge:
             else:
                 raise EdgeError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except EdgeError as error:
-            self.access_log.write(
-                request_id=request_id,
-                method=method,
-                path=path,
-                status=error.status,
-                error=error.code,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            if not error.metered:
+                org = "" if error.org_id is None else str(error.org_id)
+                metrics.REQUESTS.labels(str(error.status), error.model, org).inc()
+                self.access_log.write(
+                    request_id=request_id,
+                    method=method,
+                    path=path,
+                    status=error.status,
+                    error=error.code,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
             await _respond(send, error.status, error.body(), request_id, extra=error.headers)
 
     async def readyz(self, send, request_id):
@@ -462,6 +465,13 @@ class Edge:
     # --- proxying -----------------------------------------------------------------------
     async def proxy(self, scope, receive, send, endpoint: str, request_id: str, started: float):
         record = await self.authenticate(scope)
+        try:
+            await self._proxy(record, scope, receive, send, endpoint, request_id, started)
+        except EdgeError as error:
+            error.org_id = record.org_id
+            raise
+
+    async def _proxy(self, record, scope, receive, send, endpoint: str, request_id: str, started: float):
         body = await _read_body(receive, self.config.body_limit_bytes)
         try:
             payload = orjson.loads(body)
@@ -483,13 +493,15 @@ class Edge:
                 code="model_not_found",
             )
         if not record.allows_model(model):
-            raise EdgeError(
+            error = EdgeError(
                 403,
                 f"This API key is not allowed to use the model `{model}`.",
                 type="permission_error",
                 param="model",
                 code="model_not_allowed",
             )
+            error.model = model  # a routed name: the metric's label values stay a bounded set
+            raise error
         stream = bool(payload.get("stream")) and endpoint != "embeddings"
         client_wants_usage = False
         if stream:
@@ -507,7 +519,11 @@ class Edge:
         )
         price = await self.price(model)
         reserved = price.cost_micro_minor(estimated_prompt, estimated_output) if price else 0
-        admission = await self._admit(record, estimated_prompt + estimated_output, reserved)
+        try:
+            admission = await self._admit(record, estimated_prompt + estimated_output, reserved)
+        except EdgeError as error:
+            error.model = model
+            raise
         exchange = _Exchange(
             edge=self,
             record=record,
@@ -670,6 +686,7 @@ class _Exchange:
             await self._relay(response, send)
         except EdgeError as error:
             self.status = error.status
+            error.metered = True  # _meter below counts it, logs it and emits its usage event
             raise
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled() or not watcher.result():

@@ -21,6 +21,11 @@ class EdgeError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or []
+        # What the edge knew of the request when it refused it (for the request metrics), and
+        # whether the exchange already metered it (an upstream error after admission).
+        self.model = ""
+        self.org_id: int | None = None
+        self.metered = False
 
     def body(self) -> bytes:
         return orjson.dumps(

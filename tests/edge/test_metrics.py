@@ -1,0 +1,86 @@
+"""The edge's /metrics: requests by status, model and organization, the latency histograms,
+limit refusals and the spool gauge, aggregated over the worker processes."""
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def metrics_edge(start_module_edge, mock_upstream):
+    # Two workers: /metrics on either reports what both did.
+    return start_module_edge([{"model": "mock-model", "upstreams": [mock_upstream.url]}], workers=2)
+
+
+def test_served_refused_and_streamed_requests_show_in_the_metrics(metrics_edge, make_key, edge_metric):
+    key, secret = make_key(rpm_limit=3)
+    headers = {"authorization": f"Bearer {secret}"}
+    url = f"{metrics_edge.url}/v1/chat/completions"
+    with httpx.Client(timeout=10) as client:
+        served = [
+            client.post(url, json={"model": "mock-model", "messages": HELLO}, headers=headers)
+            for _ in range(2)
+        ]
+        with client.stream(
+            "POST", url, json={"model": "mock-model", "messages": HELLO, "stream": True}, headers=headers
+        ) as stream:
+            stream.read()
+        refused = client.post(url, json={"model": "mock-model", "messages": HELLO}, headers=headers)
+
+    assert [response.status_code for response in served] == [200, 200]
+    assert stream.status_code == 200
+    assert refused.status_code == 429
+    org = str(key.organization_id)
+    assert (
+        edge_metric(metrics_edge, "tollgate_edge_requests_total", status="200", model="mock-model", org=org)
+        == 3
+    )
+    assert edge_metric(metrics_edge, "tollgate_edge_limit_refusals_total", scope="key", kind="requests") == 1
+    for histogram in (
+        "tollgate_edge_request_seconds",
+        "tollgate_edge_overhead_seconds",
+        "tollgate_edge_upstream_seconds",
+        "tollgate_edge_time_to_first_token_seconds",
+    ):
+        assert edge_metric(metrics_edge, f"{histogram}_count") == 3, histogram
+        assert edge_metric(metrics_edge, f"{histogram}_sum") > 0, histogram
+    # Refused requests count too, by what the edge knew: the routed model and the organization.
+    assert (
+        edge_metric(metrics_edge, "tollgate_edge_requests_total", status="429", model="mock-model", org=org)
+        == 1
+    )
+    assert edge_metric(metrics_edge, "tollgate_edge_auth_cache_total") == 4
+    text = httpx.get(f"{metrics_edge.url}/metrics", timeout=5).text
+    assert "tollgate_edge_spool_pending 0.0" in text
+
+
+def test_refusals_before_a_key_or_a_route_count_without_model_or_organization(metrics_edge, edge_metric):
+    url = f"{metrics_edge.url}/v1/chat/completions"
+    before = edge_metric(metrics_edge, "tollgate_edge_requests_total", status="401", model="", org="")
+
+    response = httpx.post(url, json={"model": "mock-model", "messages": HELLO}, timeout=10)
+    unknown = httpx.get(f"{metrics_edge.url}/v1/nothing-here", timeout=10)
+
+    assert (response.status_code, unknown.status_code) == (401, 404)
+    assert (
+        edge_metric(metrics_edge, "tollgate_edge_requests_total", status="401", model="", org="")
+        == before + 1
+    )
+    assert edge_metric(metrics_edge, "tollgate_edge_requests_total", status="404", model="", org="") == 1
+
+
+def test_a_model_that_is_not_routed_is_not_a_label_value(metrics_edge, make_key, edge_metric):
+    _, secret = make_key()
+    response = httpx.post(
+        f"{metrics_edge.url}/v1/chat/completions",
+        json={"model": "random-name-1234", "messages": HELLO},
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=10,
+    )
+
+    assert response.status_code == 404
+    text = httpx.get(f"{metrics_edge.url}/metrics", timeout=5).text
+    assert "random-name-1234" not in text
