@@ -399,11 +399,15 @@ class UpstreamClient:
 
     def _put(self, connection: _Connection) -> None:
         connection.response = None
-        connection.idle_since = time.monotonic()
+        now = connection.idle_since = time.monotonic()
         idle = self._idle.get(connection.origin.key)
         if idle is None:
             idle = self._idle[connection.origin.key] = deque()
         idle.append(connection)
+        # The oldest sit at the left, where reuse (from the right) does not reach after a burst:
+        # drop those the upstream closed or that idled too long, so the pool shrinks back.
+        while idle[0].closed or now - idle[0].idle_since > self.keepalive_seconds:
+            idle.popleft().close()
 
     async def _connect(self, origin: Origin, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()

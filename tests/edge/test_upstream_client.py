@@ -490,3 +490,26 @@ def test_origin_reads_host_port_host_header_and_base_path(url, host, port, host_
         host_header,
         base_path,
     )
+
+
+async def test_the_pool_drops_connections_closed_while_idle_after_a_burst():
+    server = await ScriptedServer([ok()] * 4).start()
+    client = UpstreamClient()
+    # A burst: three answers in flight at once, so three connections, all pooled afterwards.
+    responses = await asyncio.gather(*(post(client, server) for _ in range(3)))
+    for response in responses:
+        await response.read()
+        response.release()
+    idle = client._idle[client.origin(server.url).key]
+    assert len(idle) == 3
+    # Two of them end while idle (as when the upstream's keep-alive timeout closes them).
+    for connection in list(idle)[:2]:
+        connection.transport.close()
+    await asyncio.sleep(0.05)
+    response = await post(client, server)
+    await response.read()
+    response.release()
+    assert len(idle) == 1
+    assert not idle[0].closed
+    client.close()
+    await server.stop()
