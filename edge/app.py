@@ -324,6 +324,7 @@ class Edge:
                 return
             if path == "/v1/models" and method == "GET":
                 record = await self.authenticate(scope)
+                metrics.REQUESTS.labels("200", "", str(record.org_id)).inc()
                 await _respond(send, 200, self.models_body(record), request_id)
             elif path == "/healthz":
                 await _respond(send, 200, b'{"status":"ok"}', request_id)

@@ -84,3 +84,15 @@ def test_a_model_that_is_not_routed_is_not_a_label_value(metrics_edge, make_key,
     assert response.status_code == 404
     text = httpx.get(f"{metrics_edge.url}/metrics", timeout=5).text
     assert "random-name-1234" not in text
+
+
+def test_model_listings_count_for_the_organization_without_a_model(metrics_edge, make_key, edge_metric):
+    key, secret = make_key()
+    org = str(key.organization_id)
+
+    response = httpx.get(
+        f"{metrics_edge.url}/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=10
+    )
+
+    assert response.status_code == 200
+    assert edge_metric(metrics_edge, "tollgate_edge_requests_total", status="200", model="", org=org) == 1
