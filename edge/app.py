@@ -127,7 +127,10 @@ class UpstreamPool:
     def __init__(self):
         self.inflight: dict[str, int] = {}
 
-    def order(self, route: Route) -> list[Upstream]:
+    def order(self, route: Route) -> tuple[Upstream, ...] | list[Upstream]:
+        if len(route.upstreams) == 1:
+            return route.upstreams
+
         def load(upstream: Upstream) -> tuple[float, float]:
             return (self.inflight.get(upstream.url, 0) / upstream.weight, random.random())
 
@@ -391,7 +394,7 @@ class Edge:
         entry = self.cache.get(secret_hash)
         now = time.monotonic()
         if entry is not None and now - entry.at < self.config.auth_cache_ttl:
-            metrics.AUTH_CACHE.labels("hit").inc()
+            metrics.AUTH_CACHE_HIT.inc()
             record = entry.record
         else:
             try:

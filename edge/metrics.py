@@ -38,6 +38,7 @@ TTFT = Histogram(
     "tollgate_edge_time_to_first_token_seconds", "Time to first streamed byte", buckets=LATENCY_BUCKETS
 )
 AUTH_CACHE = Counter("tollgate_edge_auth_cache_total", "Key lookups by cache result", ["result"])
+AUTH_CACHE_HIT = AUTH_CACHE.labels("hit")  # bound once: every request takes this path
 REFUSALS = Counter("tollgate_edge_limit_refusals_total", "Requests refused by a limit", ["scope", "kind"])
 SPOOLED = Counter("tollgate_edge_spooled_events_total", "Usage events written to the local spool")
 SPOOL_PENDING = Gauge("tollgate_edge_spool_pending", "Usage events in the spool", multiprocess_mode="livesum")
