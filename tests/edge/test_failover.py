@@ -41,9 +41,9 @@ class _Unavailable(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def unavailable_upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+def _serve(handler: type[BaseHTTPRequestHandler]):
+    """Run a threaded HTTP server on a free loopback port for the fixture's lifetime."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.hits = 0
     server.lock = threading.Lock()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -52,6 +52,11 @@ def unavailable_upstream():
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def unavailable_upstream():
+    yield from _serve(_Unavailable)
 
 
 class _Torn(BaseHTTPRequestHandler):
@@ -73,13 +78,7 @@ class _Torn(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def torn_upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Torn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from _serve(_Torn)
 
 
 @pytest.fixture(scope="module")

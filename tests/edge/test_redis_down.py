@@ -219,6 +219,20 @@ def spool_event(index: int) -> dict:
     )
 
 
+def write_spool(path, records: list[dict]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+
+
+def replaying_edge(start_edge, mock_upstream, private_redis, spool_dir, **kwargs):
+    """An edge on the private Redis whose spool directory holds what a dead process left."""
+    return start_edge(
+        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}],
+        redis_url=private_redis.url,
+        spool_dir=spool_dir,
+        **kwargs,
+    )
+
+
 def dead_pid() -> int:
     pid = 999_999
     with pytest.raises(ProcessLookupError):
@@ -232,15 +246,10 @@ def test_spool_left_by_a_dead_process_is_replayed_exactly_once(
     spool_dir = tmp_path / "crashed"
     spool_dir.mkdir()
     events = [spool_event(i) for i in range(3)]
-    (spool_dir / f"spool-{dead_pid()}.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    write_spool(spool_dir / f"spool-{dead_pid()}.jsonl", events)
 
     # Two workers share the directory; only one of them may claim the file.
-    edge = start_edge(
-        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}],
-        redis_url=private_redis.url,
-        spool_dir=spool_dir,
-        workers=2,
-    )
+    edge = replaying_edge(start_edge, mock_upstream, private_redis, spool_dir, workers=2)
     client = private_redis.client()
     wait_until(lambda: client.xlen("tg:usage") >= 3, 10, "the replay")
     wait_until(lambda: not list(spool_dir.glob("*.jsonl")), 5, "the spool files to go")
@@ -259,14 +268,10 @@ def test_replay_file_left_by_a_process_that_died_while_replaying_is_replayed(
     newer = [spool_event(i) for i in range(2, 4)]
     pid = dead_pid()
     # It had claimed a file for replay, and spooled more, before it died.
-    (spool_dir / f"replay-{pid}-1.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in older))
-    (spool_dir / f"spool-{pid}.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in newer))
+    write_spool(spool_dir / f"replay-{pid}-1.jsonl", older)
+    write_spool(spool_dir / f"spool-{pid}.jsonl", newer)
 
-    start_edge(
-        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}],
-        redis_url=private_redis.url,
-        spool_dir=spool_dir,
-    )
+    replaying_edge(start_edge, mock_upstream, private_redis, spool_dir)
     client = private_redis.client()
     wait_until(lambda: client.xlen("tg:usage") >= 4, 10, "the replay")
     wait_until(lambda: not list(spool_dir.glob("*.jsonl")), 5, "the spool files to go")
@@ -309,14 +314,9 @@ def test_a_spooled_event_whose_settlement_took_effect_is_replayed_without_it(
     spool_dir = tmp_path / "crashed"
     spool_dir.mkdir()
     settled, unsettled = spool_event(0), spool_event(1)
-    lines = [orjson.dumps({**settled, "_settled": True}), orjson.dumps(unsettled)]
-    (spool_dir / f"spool-{dead_pid()}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    write_spool(spool_dir / f"spool-{dead_pid()}.jsonl", [{**settled, "_settled": True}, unsettled])
 
-    start_edge(
-        [{"model": "*", "upstreams": [{"url": mock_upstream.url}]}],
-        redis_url=private_redis.url,
-        spool_dir=spool_dir,
-    )
+    replaying_edge(start_edge, mock_upstream, private_redis, spool_dir)
     client = private_redis.client()
     wait_until(lambda: client.xlen("tg:usage") >= 2, 10, "the replay")
     assert stream_events(client) == [settled, unsettled]

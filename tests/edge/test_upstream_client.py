@@ -29,6 +29,28 @@ def anyio_backend():
     return "asyncio"
 
 
+@pytest.fixture
+def client():
+    upstream_client = UpstreamClient()
+    yield upstream_client
+    upstream_client.close()
+
+
+@pytest.fixture
+async def serve():
+    """Return ``start(answers)``: a started ScriptedServer, stopped after the test."""
+    servers = []
+
+    async def start(answers, ssl=None):
+        server = await ScriptedServer(answers).start(ssl)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
 class ScriptedServer:
     """Answer the n-th request on any connection with ``answers[n]`` (bytes, or a coroutine
     function taking the writer). Records every request and every connection it accepted."""
@@ -39,9 +61,10 @@ class ScriptedServer:
         self.connections = 0
         self.closed_by_peer = asyncio.Event()
 
-    async def start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+    async def start(self, ssl=None):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl)
+        scheme = "https" if ssl else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def _serve(self, reader, writer):
@@ -94,9 +117,8 @@ async def post(client, server, body=b'{"model":"m"}', *, read_timeout=5.0, heade
     )
 
 
-async def test_request_line_headers_and_body_reach_the_server_and_the_answer_comes_back():
-    server = await ScriptedServer([ok()]).start()
-    client = UpstreamClient()
+async def test_request_line_headers_and_body_reach_the_server_and_the_answer_comes_back(client, serve):
+    server = await serve([ok()])
     response = await post(client, server, headers=[(b"x-request-id", b"abc")])
     assert response.status == 200
     assert response.header(b"content-type") == b"application/json"
@@ -109,44 +131,35 @@ async def test_request_line_headers_and_body_reach_the_server_and_the_answer_com
     assert b"content-length: 13" in lines
     assert b"x-request-id: abc" in lines
     assert body == b'{"model":"m"}'
-    client.close()
-    await server.stop()
 
 
-async def test_a_base_path_in_the_upstream_url_prefixes_the_request_path():
-    server = await ScriptedServer([ok()]).start()
-    client = UpstreamClient()
+async def test_a_base_path_in_the_upstream_url_prefixes_the_request_path(client, serve):
+    server = await serve([ok()])
     response = await client.post(
         server.url + "/openai/", b"/v1/embeddings", [], b"{}", connect_timeout=1.0, read_timeout=5.0
     )
     await response.read()
     response.release()
     assert server.requests[0][0].startswith(b"POST /openai/v1/embeddings HTTP/1.1\r\n")
-    client.close()
-    await server.stop()
 
 
-async def test_a_finished_answer_gives_its_connection_back_for_the_next_request():
-    server = await ScriptedServer([ok(), ok(b'{"n":2}')]).start()
-    client = UpstreamClient()
+async def test_a_finished_answer_gives_its_connection_back_for_the_next_request(client, serve):
+    server = await serve([ok(), ok(b'{"n":2}')])
     for expected in (JSON_ANSWER, b'{"n":2}'):
         response = await post(client, server)
         assert await response.read() == expected
         response.release()
     assert server.connections == 1
     assert len(server.requests) == 2
-    client.close()
-    await server.stop()
 
 
-async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
+async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error(client, serve):
     async def answer_and_close(writer):
         writer.write(ok(extra=b"connection: close\r\n"))
         await writer.drain()
         writer.close()
 
-    server = await ScriptedServer([ok(), answer_and_close, ok(b'{"n":3}')]).start()
-    client = UpstreamClient()
+    server = await serve([ok(), answer_and_close, ok(b'{"n":3}')])
     for _ in range(2):
         response = await post(client, server)
         await response.read()
@@ -156,17 +169,14 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_erro
     assert await response.read() == b'{"n":3}'
     response.release()
     assert server.connections == 2
-    client.close()
-    await server.stop()
 
 
-async def test_a_pooled_connection_closed_before_any_answer_byte_is_retried_once_on_a_new_one():
+async def test_a_pooled_connection_closed_before_any_answer_byte_is_retried_once_on_a_new_one(client, serve):
     # What a server does when its idle timeout and our reuse cross: it closes without a byte.
     async def close_silently(writer):
         writer.close()
 
-    server = await ScriptedServer([ok(), close_silently, ok(b'{"n":2}')]).start()
-    client = UpstreamClient()
+    server = await serve([ok(), close_silently, ok(b'{"n":2}')])
     response = await post(client, server)
     await response.read()
     response.release()
@@ -175,24 +185,19 @@ async def test_a_pooled_connection_closed_before_any_answer_byte_is_retried_once
     response.release()
     assert server.connections == 2
     assert len(server.requests) == 3
-    client.close()
-    await server.stop()
 
 
-async def test_a_new_connection_closed_before_any_answer_byte_is_an_error():
+async def test_a_new_connection_closed_before_any_answer_byte_is_an_error(client, serve):
     async def close_silently(writer):
         writer.close()
 
-    server = await ScriptedServer([close_silently]).start()
-    client = UpstreamClient()
+    server = await serve([close_silently])
     with pytest.raises(Disconnected):
         await post(client, server)
     assert len(server.requests) == 1
-    client.close()
-    await server.stop()
 
 
-async def test_chunked_answer_is_handed_over_piece_by_piece_before_it_ends():
+async def test_chunked_answer_is_handed_over_piece_by_piece_before_it_ends(client, serve):
     more = asyncio.Event()
 
     async def stream(writer):
@@ -205,8 +210,7 @@ async def test_chunked_answer_is_handed_over_piece_by_piece_before_it_ends():
         writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
         await writer.drain()
 
-    server = await ScriptedServer([stream]).start()
-    client = UpstreamClient()
+    server = await serve([stream])
     response = await post(client, server)
     assert response.status == 200
     assert await response.next_chunk() == b"data: 1"
@@ -217,77 +221,62 @@ async def test_chunked_answer_is_handed_over_piece_by_piece_before_it_ends():
     assert rest == b"data: 2"
     assert response.complete
     response.release()
-    client.close()
-    await server.stop()
 
 
-async def test_an_answer_without_length_ends_when_the_server_closes():
+async def test_an_answer_without_length_ends_when_the_server_closes(client, serve):
     async def until_close(writer):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + JSON_ANSWER)
         await writer.drain()
         writer.close()
 
-    server = await ScriptedServer([until_close]).start()
-    client = UpstreamClient()
+    server = await serve([until_close])
     response = await post(client, server)
     assert await response.read() == JSON_ANSWER
     response.release()
     assert not client._idle.get(client.origin(server.url).key)
-    client.close()
-    await server.stop()
 
 
-async def test_a_body_torn_off_before_its_length_is_an_error_not_a_short_answer():
+async def test_a_body_torn_off_before_its_length_is_an_error_not_a_short_answer(client, serve):
     async def torn(writer):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
         await writer.drain()
         writer.close()
 
-    server = await ScriptedServer([torn]).start()
-    client = UpstreamClient()
+    server = await serve([torn])
     response = await post(client, server)
     with pytest.raises(Disconnected):
         await response.read()
     response.release()
-    client.close()
-    await server.stop()
 
 
-async def test_silence_after_the_request_is_a_read_timeout():
+async def test_silence_after_the_request_is_a_read_timeout(client, serve):
     async def silent(writer):
         await asyncio.sleep(2)
 
-    server = await ScriptedServer([silent]).start()
-    client = UpstreamClient()
+    server = await serve([silent])
     with pytest.raises(ReadTimeout):
         await post(client, server, read_timeout=0.2)
     assert len(server.requests) == 1
-    client.close()
-    await server.stop()
 
 
-async def test_silence_in_the_middle_of_a_body_is_a_read_timeout():
+async def test_silence_in_the_middle_of_a_body_is_a_read_timeout(client, serve):
     async def stall(writer):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 50\r\n\r\ndata")
         await writer.drain()
         await asyncio.sleep(2)
 
-    server = await ScriptedServer([stall]).start()
-    client = UpstreamClient()
+    server = await serve([stall])
     response = await post(client, server, read_timeout=0.2)
     assert await response.next_chunk() == b"data"
     with pytest.raises(ReadTimeout):
         await response.next_chunk()
     response.release()
-    client.close()
-    await server.stop()
 
 
-async def test_a_refused_connection_is_connect_failed():
+async def test_a_refused_connection_is_connect_failed(client):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = UpstreamClient()
     with pytest.raises(ConnectFailed) as caught:
         await client.post(
             f"http://127.0.0.1:{port}", b"/v1/x", [], b"{}", connect_timeout=1.0, read_timeout=1.0
@@ -295,7 +284,7 @@ async def test_a_refused_connection_is_connect_failed():
     assert not isinstance(caught.value, ConnectTimeout)
 
 
-async def test_a_server_that_never_completes_the_handshake_is_a_connect_timeout():
+async def test_a_server_that_never_completes_the_handshake_is_a_connect_timeout(client):
     # A listening socket whose accept queue is full drops further SYNs: connecting hangs.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -308,7 +297,6 @@ async def test_a_server_that_never_completes_the_handshake_is_a_connect_timeout(
         filler.connect_ex(("127.0.0.1", port))
         fillers.append(filler)
     await asyncio.sleep(0.1)
-    client = UpstreamClient()
     try:
         with pytest.raises(ConnectTimeout):
             await client.post(
@@ -320,7 +308,7 @@ async def test_a_server_that_never_completes_the_handshake_is_a_connect_timeout(
         listener.close()
 
 
-async def test_releasing_an_unfinished_answer_closes_the_connection():
+async def test_releasing_an_unfinished_answer_closes_the_connection(client, serve):
     async def endless(writer):
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -329,32 +317,25 @@ async def test_releasing_an_unfinished_answer_closes_the_connection():
         await writer.drain()
         await asyncio.sleep(5)
 
-    server = await ScriptedServer([endless]).start()
-    client = UpstreamClient()
+    server = await serve([endless])
     response = await post(client, server)
     assert await response.next_chunk() == b"data: 1"
     response.release()
     assert not client._idle.get(client.origin(server.url).key)
-    client.close()
-    await server.stop()
 
 
-async def test_interim_100_continue_is_skipped():
-    server = await ScriptedServer([b"HTTP/1.1 100 Continue\r\n\r\n" + ok()]).start()
-    client = UpstreamClient()
+async def test_interim_100_continue_is_skipped(client, serve):
+    server = await serve([b"HTTP/1.1 100 Continue\r\n\r\n" + ok()])
     response = await post(client, server)
     assert response.status == 200
     assert await response.read() == JSON_ANSWER
     response.release()
-    client.close()
-    await server.stop()
 
 
-async def test_a_large_answer_read_slowly_arrives_whole():
+async def test_a_large_answer_read_slowly_arrives_whole(client, serve):
     size = 3 * PAUSE_ABOVE_BYTES + 12345
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    server = await ScriptedServer([ok(payload)]).start()
-    client = UpstreamClient()
+    server = await serve([ok(payload)])
     response = await post(client, server)
     received = bytearray()
     largest = 0
@@ -372,17 +353,12 @@ async def test_a_large_answer_read_slowly_arrives_whole():
     assert paused
     assert largest < PAUSE_ABOVE_BYTES + 512 * 1024
     response.release()
-    client.close()
-    await server.stop()
 
 
-async def test_garbage_from_the_upstream_is_disconnected():
-    server = await ScriptedServer([b"SPDY/9 nonsense\r\n\r\n"]).start()
-    client = UpstreamClient()
+async def test_garbage_from_the_upstream_is_disconnected(client, serve):
+    server = await serve([b"SPDY/9 nonsense\r\n\r\n"])
     with pytest.raises(Disconnected):
         await post(client, server)
-    client.close()
-    await server.stop()
 
 
 def _self_signed(tmp_path):
@@ -426,49 +402,37 @@ def _self_signed(tmp_path):
     return server_context, client_context
 
 
-async def test_https_upstream_verifies_the_certificate_and_keeps_the_connection(tmp_path):
+async def test_https_upstream_verifies_the_certificate_and_keeps_the_connection(tmp_path, client, serve):
     server_context, client_context = _self_signed(tmp_path)
-    scripted = ScriptedServer([ok(), ok(b'{"n":2}')])
-    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=server_context)
-    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/base"
-    client = UpstreamClient()
+    server = await serve([ok(), ok(b'{"n":2}')], ssl=server_context)
     client._ssl = client_context
     for expected in (JSON_ANSWER, b'{"n":2}'):
-        response = await client.post(url, b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0)
+        response = await client.post(
+            server.url + "/base", b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0
+        )
         assert await response.read() == expected
         response.release()
-    assert scripted.connections == 1
-    assert scripted.requests[0][0].startswith(b"POST /base/v1/embeddings HTTP/1.1\r\n")
-    client.close()
-    server.close()
-    await server.wait_closed()
+    assert server.connections == 1
+    assert server.requests[0][0].startswith(b"POST /base/v1/embeddings HTTP/1.1\r\n")
 
 
-async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tmp_path):
+async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tmp_path, client, serve):
     server_context, _client_context = _self_signed(tmp_path)
-    scripted = ScriptedServer([ok()])
-    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=server_context)
-    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    client = UpstreamClient()  # the system's trust store, which does not know this certificate
+    server = await serve([ok()], ssl=server_context)
+    # The client keeps the system's trust store, which does not know this certificate.
     with pytest.raises(ConnectFailed):
-        await client.post(url, b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0)
-    assert scripted.requests == []
-    client.close()
-    server.close()
-    await server.wait_closed()
+        await client.post(server.url, b"/v1/embeddings", [], b"{}", connect_timeout=2.0, read_timeout=5.0)
+    assert server.requests == []
 
 
-async def test_read_collects_a_large_body_whole_without_pausing_the_upstream():
+async def test_read_collects_a_large_body_whole_without_pausing_the_upstream(client, serve):
     payload = b"[" + b"0.125," * (3 * PAUSE_ABOVE_BYTES // 6) + b"0]"
-    server = await ScriptedServer([ok(payload)]).start()
-    client = UpstreamClient()
+    server = await serve([ok(payload)])
     response = await post(client, server)
     assert await response.read() == payload
     assert not response._paused
     response.release()
     assert len(client._idle[client.origin(server.url).key]) == 1  # read to the end: kept
-    client.close()
-    await server.stop()
 
 
 @pytest.mark.parametrize(
@@ -492,9 +456,8 @@ def test_origin_reads_host_port_host_header_and_base_path(url, host, port, host_
     )
 
 
-async def test_the_pool_drops_connections_closed_while_idle_after_a_burst():
-    server = await ScriptedServer([ok()] * 4).start()
-    client = UpstreamClient()
+async def test_the_pool_drops_connections_closed_while_idle_after_a_burst(client, serve):
+    server = await serve([ok()] * 4)
     # A burst: three answers in flight at once, so three connections, all pooled afterwards.
     responses = await asyncio.gather(*(post(client, server) for _ in range(3)))
     for response in responses:
@@ -511,5 +474,3 @@ async def test_the_pool_drops_connections_closed_while_idle_after_a_burst():
     response.release()
     assert len(idle) == 1
     assert not idle[0].closed
-    client.close()
-    await server.stop()
