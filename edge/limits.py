@@ -12,8 +12,6 @@ Keys of one organization share a Redis Cluster hash slot (``{o:<org_id>}``).
 
 import itertools
 import os
-import time
-from calendar import timegm
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,9 +20,27 @@ from edge.records import KeyRecord, Limits
 WINDOW_MS = 60_000
 BUDGET_TTL_SECONDS = 40 * 24 * 3600
 
-ADMIT = """
+# YYYYMM of a Unix time in seconds, UTC (the proleptic Gregorian calendar, days from civil).
+MONTH_OF = """
+local function month_of(seconds)
+  local z = math.floor(seconds / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d%02d', y, m)
+end
+"""
+
+ADMIT = (
+    MONTH_OF
+    + """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local month = month_of(tonumber(t[1]))
 local win = math.floor(now_ms / 60000)
 local weight = 1 - (now_ms % 60000) / 60000
 local reset_ms = 60000 - (now_ms % 60000)
@@ -33,14 +49,13 @@ local est = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local lease = ARGV[4]
 local lease_ttl = tonumber(ARGV[5])
-local month = ARGV[6]
-local out = {1, win}
+local out = {1, win, month}
 for i = 0, n - 1 do
   local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
-  local rpm = tonumber(ARGV[7+4*i])
-  local tpm = tonumber(ARGV[8+4*i])
-  local conc = tonumber(ARGV[9+4*i])
-  local cap = tonumber(ARGV[10+4*i])
+  local rpm = tonumber(ARGV[6+4*i])
+  local tpm = tonumber(ARGV[7+4*i])
+  local conc = tonumber(ARGV[8+4*i])
+  local cap = tonumber(ARGV[9+4*i])
   local rc = tonumber(redis.call('HGET', rl, 'r:' .. win) or '0')
   local rp = tonumber(redis.call('HGET', rl, 'r:' .. (win - 1)) or '0')
   local tc = tonumber(redis.call('HGET', rl, 't:' .. win) or '0')
@@ -75,7 +90,7 @@ for i = 0, n - 1 do
   if est > 0 then redis.call('HINCRBY', rl, 't:' .. win, est) end
   redis.call('HDEL', rl, 'r:' .. (win - 2), 't:' .. (win - 2))
   redis.call('PEXPIRE', rl, 180000)
-  if tonumber(ARGV[9+4*i]) >= 0 then
+  if tonumber(ARGV[8+4*i]) >= 0 then
     redis.call('ZADD', cz, now_ms + lease_ttl, lease)
     redis.call('PEXPIRE', cz, lease_ttl * 2)
   end
@@ -86,6 +101,7 @@ for i = 0, n - 1 do
 end
 return out
 """.replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
+)
 
 SETTLE = """
 local n = tonumber(ARGV[1])
@@ -130,25 +146,6 @@ def _scope_keys(org_id: int, scope: str) -> list[str]:
 
 def _as_arg(value: int | None) -> int:
     return -1 if value is None else int(value)
-
-
-def month_key(now: float | None = None) -> str:
-    if now is None:
-        return _current_month()
-    return time.strftime("%Y%m", time.gmtime(now))
-
-
-_month = ("", 0.0)  # (YYYYMM, the first second of the next month)
-
-
-def _current_month() -> str:
-    global _month
-    now = time.time()
-    if now >= _month[1]:
-        year, month = time.gmtime(now)[:2]
-        following = (year + month // 12, month % 12 + 1)
-        _month = (f"{year:04d}{month:02d}", float(timegm((*following, 1, 0, 0, 0))))
-    return _month[0]
 
 
 class _Leases:
@@ -265,8 +262,7 @@ class Limiter:
         scopes = (("key", record.key_limits), ("organization", record.org_limits))
         keys, args = _plan(record.org_id, record.key_id, record.key_limits, record.org_limits)
         lease = _leases.next()
-        month = _current_month()
-        call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, month, *args]
+        call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, *args]
         if self.batcher is not None:
             result = await self.batcher.call(self._admit.sha, keys, call_args)
         else:
@@ -284,6 +280,7 @@ class Limiter:
                 remaining=remaining,
             )
         window = int(result[1])
+        month = result[2].decode() if isinstance(result[2], bytes) else result[2]
         return Admission(
             keys=keys,
             lease=lease,
@@ -291,7 +288,7 @@ class Limiter:
             month=month,
             estimated_tokens=estimated_tokens,
             reserved_cost=reserved_cost,
-            headers=_headers([limits for _, limits in scopes], [int(v) for v in result[2:]]),
+            headers=_headers([limits for _, limits in scopes], [int(v) for v in result[3:]]),
         )
 
     def settle_args(self, admission: Admission, *, tokens: int, cost: int) -> tuple[list[str], list]:

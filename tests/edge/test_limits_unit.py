@@ -7,7 +7,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from edge.limits import ADMIT, BUDGET_TTL_SECONDS, Admission, Limiter, Refusal, _duration, month_key
+from edge.limits import ADMIT, BUDGET_TTL_SECONDS, MONTH_OF, Admission, Limiter, Refusal, _duration
 from edge.records import KeyRecord, Limits
 
 pytestmark = pytest.mark.anyio
@@ -69,6 +69,12 @@ async def fresh_window(redis, margin_ms: int = 5000) -> int:
     return now // 60_000
 
 
+async def redis_month(redis) -> str:
+    """The budget month by Redis's clock, which the admission script reads."""
+    seconds, _micros = await redis.time()
+    return time.strftime("%Y%m", time.gmtime(seconds))
+
+
 async def fields(redis, name: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await redis.hgetall(name)).items()}
 
@@ -85,7 +91,7 @@ async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organi
     assert admission.window == win
     assert admission.keys == (RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET)
     assert admission.estimated_tokens == 305
-    assert admission.month == month_key()
+    assert admission.month == await redis_month(redis)
     assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 305}
     assert await fields(redis, ORG_RL) == {f"r:{win}": 1, f"t:{win}": 305}
     # No concurrency limit and no budget: no lease, no reservation.
@@ -218,7 +224,7 @@ async def test_budget_compares_millionths_of_a_cent_with_a_cap_in_cents(redis):
     over = await limiter.admit(rec, estimated_tokens=1, reserved_cost=1)
     assert isinstance(over, Refusal)
     assert (over.kind, over.limit, over.remaining) == ("budget", 10, 0)
-    assert await fields(redis, BUDGET) == {month_key(): 10_000_000}
+    assert await fields(redis, BUDGET) == {await redis_month(redis): 10_000_000}
 
 
 async def test_organization_budget_is_shared_by_its_keys(redis):
@@ -230,7 +236,7 @@ async def test_organization_budget_is_shared_by_its_keys(redis):
     refusal = await limiter.admit(second, estimated_tokens=1, reserved_cost=700_000)
     assert isinstance(refusal, Refusal)
     assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("organization", "budget", 1, 0)
-    assert await fields(redis, ORG_BUDGET) == {month_key(): 700_000}
+    assert await fields(redis, ORG_BUDGET) == {await redis_month(redis): 700_000}
 
 
 async def test_previous_window_counts_with_the_weight_of_its_remaining_overlap(redis):
@@ -276,16 +282,15 @@ async def test_raw_script_results_have_fixed_shapes(redis):
     script = redis.register_script(ADMIT)
     win = await fresh_window(redis)
     keys = [RL, CONC, BUDGET]
-    month = month_key()
 
     def args(rpm, tpm, conc, cap, est=10, cost=5):
-        return [1, est, cost, "lease-1", 60_000, month, rpm, tpm, conc, cap]
+        return [1, est, cost, "lease-1", 60_000, rpm, tpm, conc, cap]
 
     admitted = await script(keys=keys, args=args(5, 100, 2, 1000))
-    assert admitted[:2] == [1, win]
-    assert admitted[2:4] == [4, 90]  # remaining requests and tokens after this one
-    assert 0 < admitted[4] <= 60_000
-    assert len(admitted) == 5
+    assert admitted[:3] == [1, win, (await redis_month(redis)).encode()]
+    assert admitted[3:5] == [4, 90]  # remaining requests and tokens after this one
+    assert 0 < admitted[5] <= 60_000
+    assert len(admitted) == 6
 
     refusals = {
         "requests": args(1, -1, -1, -1),
@@ -299,14 +304,14 @@ async def test_raw_script_results_have_fixed_shapes(redis):
         assert refused[:3] == [0, 0, kind.encode()]
         assert len(refused) == 6
     for kind in ("requests", "tokens"):
-        assert 0 < results[kind][3] <= admitted[4]
+        assert 0 < results[kind][3] <= admitted[5]
     assert results["requests"][4:] == [1, 0]
     assert results["tokens"][4:] == [10, 0]
     assert results["concurrency"][3:] == [1000, 1, 0]
     assert results["budget"][3:] == [0, 9, 4]
     # Refusals moved nothing.
     assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 10}
-    assert await fields(redis, BUDGET) == {month: 5}
+    assert await fields(redis, BUDGET) == {await redis_month(redis): 5}
 
 
 async def test_expired_lease_frees_its_concurrency_slot(redis):
@@ -397,25 +402,51 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     edge.resp.close()
 
     assert await redis.zcard(CONC) == 0
-    assert int(await redis.hget(BUDGET, month_key())) == 1_000_000
+    assert int(await redis.hget(BUDGET, await redis_month(redis))) == 1_000_000
     entries = await redis.xrange("tg:usage")
     assert [orjson.loads(fields[b"data"]) for _id, fields in entries] == [event]
     hour = event["ended_at_ms"] // 3_600_000
     assert await redis.hget(f"tg:served:{{o:{ORG_ID}}}:{hour}", f"{KEY_ID}:requests") == b"1"
 
 
-def test_the_budget_month_turns_at_midnight_utc_on_the_first(time_machine):
-    from edge.limits import _current_month
+@pytest.mark.parametrize(
+    ("instant", "month"),
+    [
+        ("2026-11-30T23:59:59", "202611"),
+        ("2026-12-01T00:00:00", "202612"),
+        ("2026-12-31T23:59:59", "202612"),
+        ("2027-01-01T00:00:00", "202701"),
+        ("2028-02-28T23:59:59", "202802"),
+        ("2028-02-29T00:00:00", "202802"),
+        ("2028-02-29T23:59:59", "202802"),
+        ("2028-03-01T00:00:00", "202803"),
+        ("2100-02-28T23:59:59", "210002"),
+        ("2100-03-01T00:00:00", "210003"),
+        ("1970-01-01T00:00:00", "197001"),
+    ],
+)
+async def test_the_budget_month_turns_at_midnight_utc_on_the_first(redis, instant, month):
+    """The admission script names the budget month from Redis's clock, leap years included."""
+    from calendar import timegm
 
-    time_machine.move_to("2026-11-30T23:59:59.500+00:00", tick=False)
-    assert _current_month() == "202611"
-    time_machine.move_to("2026-12-01T00:00:00+00:00", tick=False)
-    assert _current_month() == "202612"
-    time_machine.move_to("2026-12-31T23:59:59+00:00", tick=False)
-    assert _current_month() == "202612"
-    time_machine.move_to("2027-01-01T00:00:00+00:00", tick=False)
-    assert _current_month() == "202701"
-    assert month_key() == "202701"
+    seconds = timegm(time.strptime(instant, "%Y-%m-%dT%H:%M:%S"))
+    assert await redis.eval(MONTH_OF + "return month_of(tonumber(ARGV[1]))", 0, seconds) == month.encode()
+
+
+async def test_every_day_of_four_centuries_has_the_month_python_gives_it(redis):
+    days = list(range(146_097))  # 400 years from 1970, every day
+    script = (
+        MONTH_OF
+        + """
+local out = {}
+for i = 1, #ARGV do out[i] = month_of(tonumber(ARGV[i]) * 86400 + 86399) end
+return out
+"""
+    )
+    for start in range(0, len(days), 5000):
+        chunk = days[start : start + 5000]
+        months = await redis.eval(script, 0, *chunk)
+        assert [m.decode() for m in months] == [time.strftime("%Y%m", time.gmtime(d * 86400)) for d in chunk]
 
 
 def test_lease_ids_do_not_repeat():
