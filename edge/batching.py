@@ -1,9 +1,11 @@
-"""Send the Redis script calls made in one event-loop iteration as one pipeline.
+"""Send the Redis commands made in one event-loop iteration as one pipeline.
 
-Under load many requests are admitted at once; one round trip (one write, one read) for
-all of them costs far less than one each. A lone request waits for nothing: the batch is
-written on the next iteration of the loop. On the usual path there is no task and no extra
-await: each caller's future is resolved by the connection when its reply arrives.
+Under load many requests are admitted and looked up at once; one round trip (one write, one
+read) for all of them costs far less than one each, and needs one connection, not one per
+request (a pool would run dry under a burst and make a healthy Redis look unreachable). A lone
+request waits for nothing: the batch is written on the next iteration of the loop. On the usual
+path there is no task and no extra await: each caller's future is resolved by the connection
+when its reply arrives.
 """
 
 import asyncio
@@ -19,23 +21,40 @@ class ScriptBatcher:
         self._futures: list[asyncio.Future] = []
         self._tasks: set[asyncio.Task] = set()
 
+    def submit(self, command: tuple) -> asyncio.Future:
+        """Queue one command for the next batch; its future holds the reply (a RespError for
+        an error reply) or fails with OSError when Redis cannot be reached."""
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        future = loop.create_future()
+        self._pending.append(command)
+        self._futures.append(future)
+        return future
+
+    async def execute(self, command: tuple):
+        """Run one command in the next batch; return its reply.
+
+        Raise RespError for an error reply, OSError when Redis cannot be reached.
+        """
+        result = await self.submit(command)
+        if isinstance(result, RespError):
+            raise result
+        return result
+
     async def call(self, sha: str, keys: list, args: list):
         """Run one loaded script; raise RespError for an error reply, OSError when Redis is away."""
         command = ("EVALSHA", sha, len(keys), *keys, *args)
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(command)
-        self._futures.append(future)
-        result = await future
+        try:
+            return await self.execute(command)
+        except RespError as error:
+            if not error.is_noscript:
+                raise
+        # Redis restarted and forgot the scripts: load them, then this call once more.
+        await self.load()
+        [result] = await self.connection.execute([command])
         if isinstance(result, RespError):
-            if not result.is_noscript:
-                raise result
-            # Redis restarted and forgot the scripts: load them, then this call once more.
-            await self.load()
-            [result] = await self.connection.execute([command])
-            if isinstance(result, RespError):
-                raise result
+            raise result
         return result
 
     def _flush(self) -> None:

@@ -49,6 +49,8 @@ class EdgeConfig:
     trust_forwarded_for: bool = False
     default_max_tokens: int = 4096
     access_log: bool = True
+    # Redis unreachable: serve known keys without limits (True) or refuse with 503 (False).
+    fail_open: bool = True
 
     def route_for(self, model: str) -> Route | None:
         for route in self.routes:
@@ -69,6 +71,7 @@ TOP_LEVEL = {
     "default_max_tokens",
     "trust_forwarded_for",
     "access_log",
+    "fail_open",
     "redis_url",
     "routes",
 }
@@ -199,6 +202,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         trust_forwarded_for=_boolean(data.get("trust_forwarded_for", False), "trust_forwarded_for"),
         default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
         access_log=_boolean(env.get("EDGE_ACCESS_LOG", data.get("access_log", True)), "access_log"),
+        fail_open=_boolean(env.get("EDGE_FAIL_OPEN", data.get("fail_open", True)), "fail_open"),
     )
 
 

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from edge.errors import EdgeError
 from edge.records import KeyRecord, Limits
 
 WINDOW_MS = 60_000
@@ -304,3 +305,35 @@ class Limiter:
     async def settle(self, admission: Admission, *, tokens: int, cost: int, client=None) -> None:
         keys, args = self.settle_args(admission, tokens=tokens, cost=cost)
         await self._settle(keys=keys, args=args, client=client)
+
+
+def refusal_error(refusal: Refusal) -> EdgeError:
+    retry_after = str(max(1, -(-refusal.reset_ms // 1000)))
+    scope = "organization" if refusal.scope == "organization" else "API key"
+    if refusal.kind == "budget":
+        return EdgeError(
+            429,
+            f"This request would exceed the {scope}'s monthly budget of {refusal.limit / 100:.2f}: "
+            "the edge reserves a request's worst-case cost (prompt and max_tokens) until it ends. "
+            "Lower max_tokens, raise the budget in the Tollgate console, or wait for the next month.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    if refusal.kind == "concurrency":
+        message = f"Too many concurrent requests for this {scope} (limit {refusal.limit}). Retry shortly."
+        kind = "requests"
+    else:
+        unit = "requests" if refusal.kind == "requests" else "tokens"
+        message = (
+            f"Rate limit reached for this {scope}: {refusal.limit} {unit} per minute. "
+            f"Retry after {retry_after}s."
+        )
+        kind = unit
+    headers = [(b"retry-after", retry_after.encode())]
+    if refusal.kind in ("requests", "tokens"):
+        headers += [
+            (f"x-ratelimit-limit-{kind}".encode(), str(refusal.limit).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(refusal.remaining).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), f"{retry_after}s".encode()),
+        ]
+    return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers)

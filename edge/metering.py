@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import orjson
 
+from edge.events import UsageEvent
+
 
 def uuid7() -> str:
     """A UUIDv7 string: 48 bits of Unix milliseconds, version 7, variant 10, 74 random bits."""
@@ -117,6 +119,7 @@ class SSEUsage:
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         self._text: list[str] = []
+        self._done = b""
 
     def feed(self, chunk: bytes) -> bytes:
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -129,13 +132,26 @@ class SSEUsage:
             complete = self._take_usage(complete)
         if self.usage is None:
             self._keep(complete)
+        if complete.endswith(b"[DONE]\n\n"):
+            complete = self._hold_done(complete)
         return complete
 
     def flush(self) -> bytes:
+        """The rest of the stream, the held-back ``[DONE]`` first."""
         rest, self._buffer = self._buffer, b""
         if self.usage is None:
             self._keep(rest)
-        return rest
+        done, self._done = self._done, b""
+        return done + rest
+
+    def _hold_done(self, complete: bytes) -> bytes:
+        """Keep the ``data: [DONE]`` event back: a client that has it considers the answer
+        whole, so it goes out only once the edge has recorded the request (see flush)."""
+        start = complete.rfind(b"\n\n", 0, len(complete) - 2) + 2
+        if complete[start:].strip().replace(b" ", b"") != b"data:[DONE]":
+            return complete
+        self._done = complete[start:]
+        return complete[:start]
 
     def text(self) -> str:
         """The text of the events seen so far (what a tokenizer counts when usage never came)."""
@@ -188,7 +204,6 @@ def _event_json(event: bytes) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def new_event(**fields) -> dict:
-    event = {"v": 1, "event_id": uuid7()}
-    event.update(fields)
-    return event
+def new_event(**fields) -> UsageEvent:
+    """A usage event (schema v1, edge/events.py) with a new event id."""
+    return {"v": 1, "event_id": uuid7(), **fields}

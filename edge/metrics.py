@@ -45,6 +45,13 @@ SPOOL_PENDING = Gauge("tollgate_edge_spool_pending", "Usage events in the spool"
 PUBLISH_FAILURES = Counter("tollgate_edge_publish_failures_total", "Failed usage publications to Redis")
 UPSTREAM_FAILOVERS = Counter("tollgate_edge_upstream_failovers_total", "Requests retried on another upstream")
 
+ADMISSION_ERRORS = Counter(
+    "tollgate_edge_admission_errors_total", "Admissions that could not run, by cause", ["cause"]
+)
+UNCHECKED = Counter(
+    "tollgate_edge_unchecked_admissions_total", "Requests served without limits while Redis was unreachable"
+)
+
 
 def render() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -16,6 +16,8 @@ SCHEMA_VERSION = 1
 KEY_PREFIX = "tg:key:"
 PRICE_PREFIX = "tg:price:"
 INVALIDATE_CHANNEL = "tg:invalidate"
+# Written by the portal at the end of a full resync; gone when Redis lost its data.
+SYNCED_KEY = "tg:synced"
 
 
 class RecordError(ValueError):

@@ -22,6 +22,20 @@ class RespError(ResponseError):
     def is_noscript(self) -> bool:
         return str(self).startswith("NOSCRIPT")
 
+    @property
+    def is_unavailable(self) -> bool:
+        """Redis answers but cannot serve data yet (loading its file, a replica cut off)."""
+        return str(self).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY "))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error means "Redis cannot be reached now" (the fail-open/closed policy
+    applies) rather than an internal fault (a script error, a bad argument), which never
+    lets a request through unchecked."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, RespError) and exc.is_unavailable
+
 
 class _Protocol(asyncio.Protocol):
     """Replies go to the waiting futures in order: the reply, or a RespError for an error reply.

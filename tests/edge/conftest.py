@@ -117,6 +117,7 @@ class EdgeProcess:
             env={**os.environ, "KEY_PEPPER": pepper, "EDGE_REDIS_URL": redis_url, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a test can kill the master and its workers
         )
         wait_http(f"{self.url}/healthz", self.process, f"edge (log: {self.log_path})")
 
@@ -263,3 +264,19 @@ def edge_metric():
         return total
 
     return read
+
+
+@pytest.fixture(autouse=True)
+def _data_plane_synced(_fresh_redis, settings):
+    """The portal's full resync has run (``tg:synced``): a missing key record means no such key.
+
+    Without the marker the edge takes a missing record for data Redis lost, and answers 503
+    rather than 401 (tests/edge/test_redis_restart.py covers that).
+    """
+    import redis
+
+    from edge.records import SYNCED_KEY
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(SYNCED_KEY, '{"v":1,"at":0}')
+    client.close()

@@ -363,24 +363,18 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     """Redis failed after admission: the replay releases the lease and corrects the budget."""
     import orjson
 
-    from edge.app import Edge
     from edge.batching import ScriptBatcher
-    from edge.config import EdgeConfig, Route, Upstream
+    from edge.journal import Journal
     from edge.metering import new_event
+    from edge.publication import Publisher
     from edge.resp import RespConnection
+    from edge.spool import Spool
 
-    config = EdgeConfig(
-        redis_url=settings.REDIS_URL,
-        pepper=b"p" * 32,
-        routes=(Route(pattern="*", upstreams=(Upstream(url="http://127.0.0.1:9"),)),),
-        spool_dir=str(tmp_path),
-    )
-    edge = Edge(config)
-    edge.redis = redis
-    edge.resp = RespConnection(settings.REDIS_URL)
-    edge.limiter = Limiter(redis, lease_ttl_seconds=600)
-    edge.limiter.batcher = ScriptBatcher(edge.resp, edge.limiter.scripts())
-    admission = await edge.limiter.admit(
+    connection = RespConnection(settings.REDIS_URL)
+    limiter = Limiter(redis, lease_ttl_seconds=600)
+    limiter.batcher = ScriptBatcher(connection, limiter.scripts())
+    publisher = Publisher(connection, limiter, Spool(str(tmp_path)), Journal(tmp_path))
+    admission = await limiter.admit(
         record(key=limits(concurrency=1, budget_minor=100)), estimated_tokens=100, reserved_cost=5_000_000
     )
     assert isinstance(admission, Admission)
@@ -396,10 +390,10 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
         ended_at_ms=int(time.time() * 1000),
         status=200,
     )
-    keys, args = edge.limiter.settle_args(admission, tokens=15, cost=1_000_000)
+    keys, args = limiter.settle_args(admission, tokens=15, cost=1_000_000)
 
-    await edge._xadd_batch([{**event, "_settle": [keys, args]}])
-    edge.resp.close()
+    await publisher.replay_batch([{**event, "_settle": [keys, args]}])
+    connection.close()
 
     assert await redis.zcard(CONC) == 0
     assert int(await redis.hget(BUDGET, await redis_month(redis))) == 1_000_000

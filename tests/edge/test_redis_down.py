@@ -16,6 +16,7 @@ import redis
 
 from edge import keyformat
 from edge.metering import new_event
+from edge.records import SYNCED_KEY
 from keys.publication import edge_sync
 from tests.edge.conftest import free_port
 
@@ -83,9 +84,17 @@ def private_redis(tmp_path, settings):
     server.start()
     # The portal publishes key records where this edge reads them.
     settings.EDGE_REDIS_URL = server.url
+    mark_synced(server)
     yield server
     if server.process.poll() is None:
         server.kill()
+
+
+def mark_synced(server: PrivateRedis) -> None:
+    """What the portal's full resync leaves behind (tests/edge/conftest.py)."""
+    client = server.client()
+    client.set(SYNCED_KEY, '{"v":1,"at":0}')
+    client.close()
 
 
 def chat(secret: str, edge_url: str) -> httpx.Response:
@@ -188,6 +197,7 @@ def test_redis_outage_serves_known_keys_from_cache_for_a_bounded_time_and_replay
     # The empty Redis is refilled by the portal's resync; then the edge admits and meters
     # again (its scripts are loaded anew into the restarted server).
     edge_sync()
+    mark_synced(private_redis)
     after = wait_until(
         lambda: (r := chat(secret, edge.url)).status_code == 200 and r, 5, "the key to work again"
     )
@@ -281,7 +291,7 @@ def test_replay_file_left_by_a_process_that_died_while_replaying_is_replayed(
 
 
 def test_a_batch_cut_off_midway_spools_only_what_redis_did_not_confirm():
-    from edge.app import _spool_records
+    from edge.publication import spool_records as _spool_records
     from edge.resp import RespError
 
     settles = [[["k"], [n]] for n in range(4)]

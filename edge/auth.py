@@ -1,0 +1,189 @@
+"""Who is calling: the key's shape, its record (cached, else read from Redis), its standing.
+
+A record read from Redis is cached for ``auth_cache.ttl_seconds``; an unknown key is cached
+apart, so that a flood of invented keys cannot push valid ones out. When Redis cannot be
+reached, or has lost its data and the portal is rebuilding it, a key this process knew keeps
+working from its last record for ``auth_cache.stale_seconds``; anything else is answered
+503 with ``Retry-After``, never 401: the key may well be valid.
+"""
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from edge import keyformat, metrics
+from edge.config import EdgeConfig
+from edge.errors import EdgeError, invalid_key
+from edge.records import KEY_PREFIX, KeyRecord, RecordError, parse_key_record
+from edge.resp import RespError, unreachable
+from edge.store import DataPlane
+
+logger = logging.getLogger("tollgate.edge")
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    record: KeyRecord | None
+    at: float
+
+
+class AuthCache:
+    """A bounded LRU of key records, dropped on invalidation."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[str, CacheEntry] = OrderedDict()
+
+    def get(self, secret_hash: str) -> CacheEntry | None:
+        entry = self._data.get(secret_hash)
+        if entry is not None:
+            self._data.move_to_end(secret_hash)
+        return entry
+
+    def put(self, secret_hash: str, record: KeyRecord | None) -> None:
+        self._data[secret_hash] = CacheEntry(record, time.monotonic())
+        self._data.move_to_end(secret_hash)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def drop(self, hashes) -> None:
+        for secret_hash in hashes:
+            self._data.pop(secret_hash, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def store_unavailable(message: str = "The key store is unreachable; retry shortly.") -> EdgeError:
+    return EdgeError(
+        503, message, type="server_error", code="service_unavailable", headers=[(b"retry-after", b"1")]
+    )
+
+
+class Authenticator:
+    def __init__(self, config: EdgeConfig, data_plane: DataPlane):
+        self.config = config
+        self.data_plane = data_plane
+        self.known = AuthCache(config.auth_cache_size)
+        self.unknown = AuthCache(max(config.auth_cache_size // 10, 1000))
+
+    def drop(self, hashes) -> None:
+        self.known.drop(hashes)
+        self.unknown.drop(hashes)
+
+    def clear(self) -> None:
+        self.known.clear()
+        self.unknown.clear()
+
+    async def authenticate(self, scope) -> KeyRecord:
+        """Return the caller's key record, or raise the EdgeError to answer."""
+        token = bearer(scope)
+        if token is None:
+            raise EdgeError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        if not keyformat.is_well_formed(token):
+            raise invalid_key(
+                "Incorrect API key provided: it is not a Tollgate key (tg_live_… or tg_test_…)."
+            )
+        record = await self._record(keyformat.key_hash(token, self.config.pepper))
+        if record is None:
+            raise invalid_key()
+        _check_standing(record)
+        client_ip = self.client_ip(scope)
+        if not record.allows_ip(client_ip):
+            raise EdgeError(
+                403,
+                f"Requests from {client_ip} are not allowed for this API key.",
+                type="permission_error",
+                code="ip_not_allowed",
+            )
+        return record
+
+    async def _record(self, secret_hash: str) -> KeyRecord | None:
+        now = time.monotonic()
+        entry = self.known.get(secret_hash)
+        if entry is not None and now - entry.at < self.config.auth_cache_ttl:
+            metrics.AUTH_CACHE_HIT.inc()
+            return entry.record
+        if entry is None:
+            negative = self.unknown.get(secret_hash)
+            if negative is not None and now - negative.at < self.config.auth_cache_ttl:
+                metrics.AUTH_CACHE_HIT.inc()
+                return None
+        try:
+            raw, synced = await self.data_plane.read(KEY_PREFIX + secret_hash)
+        except (OSError, RespError) as exc:
+            if entry is not None and now - entry.at < self.config.stale_auth_seconds:
+                metrics.AUTH_CACHE.labels("stale").inc()
+                return entry.record
+            if not unreachable(exc):
+                logger.error("key look-up failed: %s", exc)
+            raise store_unavailable() from None
+        metrics.AUTH_CACHE.labels("miss").inc()
+        if raw is None and not synced:
+            # Redis lost its data and the portal is writing it back: this key may be valid.
+            if entry is not None and now - entry.at < self.config.stale_auth_seconds:
+                metrics.AUTH_CACHE.labels("stale").inc()
+                return entry.record
+            raise store_unavailable("The key store is being restored; retry shortly.")
+        if raw is None:
+            self.known.drop((secret_hash,))
+            self.unknown.put(secret_hash, None)
+            return None
+        try:
+            record = parse_key_record(raw)
+        except RecordError:
+            logger.exception("unreadable key record")
+            return None
+        self.unknown.drop((secret_hash,))
+        self.known.put(secret_hash, record)
+        return record
+
+    def client_ip(self, scope) -> str | None:
+        if self.config.trust_forwarded_for:
+            forwarded = header(scope, b"x-forwarded-for")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        client = scope.get("client")
+        return client[0] if client else None
+
+
+def _check_standing(record: KeyRecord) -> None:
+    reason = record.refusal()
+    if reason == "revoked":
+        raise invalid_key("This API key has been revoked.")
+    if reason == "expired":
+        raise invalid_key("This API key has expired.")
+    if reason == "rotated":
+        raise invalid_key(
+            "This API key secret was rotated and its grace period has ended. Use the new secret."
+        )
+    if reason == "suspended":
+        raise EdgeError(
+            402,
+            "Your organization is suspended. Settle the outstanding balance in the Tollgate console to resume.",
+            type="insufficient_quota",
+            code="organization_suspended",
+        )
+
+
+def header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer(scope) -> str | None:
+    authorization = header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return ""
+    api_key = header(scope, b"x-api-key")
+    return api_key.strip() if api_key else None
