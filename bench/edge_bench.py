@@ -200,8 +200,12 @@ def start_mock(args, work: Path) -> Target:
     return target
 
 
-def start_edge(args, work: Path, upstream: str) -> Target:
-    target = Target("edge", LABELS["edge"])
+def start_edge(
+    args, work: Path, upstream: str, *, name: str = "edge", source: Path = ROOT, redis_url: str = ""
+) -> Target:
+    """The edge from this checkout, or (``source``) from another commit's tree."""
+    redis_url = redis_url or args.redis_url
+    target = Target(name, LABELS.get(name) or f"Tollgate edge at {args.baseline}")
     if importlib.util.find_spec("edge.app") is None or importlib.util.find_spec("edge.__main__") is None:
         target.skipped = "pending: the edge module (edge/app.py, edge/__main__.py) does not exist yet"
         return target
@@ -213,7 +217,7 @@ def start_edge(args, work: Path, upstream: str) -> Target:
     port = free_port()
     pepper = secrets.token_urlsafe(36)
     key = keyformat.generate("test")
-    client = redis.Redis.from_url(args.redis_url)
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     limits = {"rpm": UNLIMITED, "tpm": UNLIMITED, "concurrency": 100_000}
     budget = {"monthly_minor": UNLIMITED, "alert_minor": None}
@@ -246,10 +250,10 @@ def start_edge(args, work: Path, upstream: str) -> Target:
     config = {
         "listen": {"host": "127.0.0.1", "port": port},
         "workers": args.proxy_workers,
-        "spool": {"dir": str(work / "edge-spool")},
+        "spool": {"dir": str(work / f"{name}-spool")},
         "routes": [{"model": MODEL, "upstreams": [{"url": upstream, "api_key": "sk-upstream"}]}],
     }
-    config_path = work / "edge.yaml"
+    config_path = work / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = shlex.split(
         args.edge_cmd.format(python=shlex.quote(sys.executable), config=shlex.quote(str(config_path)))
@@ -257,14 +261,29 @@ def start_edge(args, work: Path, upstream: str) -> Target:
     target.url = f"http://127.0.0.1:{port}"
     target.authorization = f"Bearer {key}"
     process = Process(
-        "edge",
+        name,
         pinned(command, args.proxy_cpus),
         work,
-        env={"KEY_PEPPER": pepper, "EDGE_REDIS_URL": args.redis_url},
+        env={"KEY_PEPPER": pepper, "EDGE_REDIS_URL": redis_url, "PYTHONPATH": str(source)},
+        cwd=source,
     )
     target.processes.append(process)
     process.wait_ready(f"{target.url}/healthz", 30)
     return target
+
+
+def start_baseline_edge(args, work: Path, upstream: str) -> Target:
+    """The edge as it was at ``--baseline`` (a commit), from that commit's tree, on its own Redis db."""
+    source = work / "baseline"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", args.baseline, "edge"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    base, _, db = args.redis_url.rpartition("/")
+    return start_edge(
+        args, work, upstream, name="baseline", source=source, redis_url=f"{base}/{int(db or 0) + 1}"
+    )
 
 
 def start_nginx(args, work: Path, upstream_port: int) -> Target:
@@ -714,7 +733,14 @@ def report(args, targets: list[Target], notes: list[str], command: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", default="direct,edge,nginx,litellm", help="comma-separated, in order")
+    parser.add_argument(
+        "--targets",
+        default="direct,edge,nginx,litellm",
+        help="comma-separated, in order; 'baseline' is the edge at --baseline",
+    )
+    parser.add_argument(
+        "--baseline", default="", help="a commit whose edge runs as the 'baseline' target, for before/after"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="runs of every phase; the median is reported")
     parser.add_argument("--duration", type=int, default=10, help="measured seconds per phase")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each phase")
@@ -757,6 +783,9 @@ def main(argv=None) -> int:
             print(f"{tool} is missing: run bench/run_edge_bench.sh, which installs it", file=sys.stderr)
             return 2
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if "baseline" in names and not args.baseline:
+        print("the 'baseline' target needs --baseline <commit>", file=sys.stderr)
+        return 2
     if names[:1] != ["direct"]:
         names.insert(0, "direct")  # every other row is compared with it
     notes: list[str] = []
@@ -768,6 +797,7 @@ def main(argv=None) -> int:
         starters = {
             "direct": lambda: mock,
             "edge": lambda: start_edge(args, work, mock.url),
+            "baseline": lambda: start_baseline_edge(args, work, mock.url),
             "nginx": lambda: start_nginx(args, work, upstream_port),
             "litellm": lambda: start_litellm(args, work, mock.url),
         }
@@ -785,6 +815,9 @@ def main(argv=None) -> int:
                     import redis
 
                     redis.Redis.from_url(args.redis_url).flushdb()
+                    if "baseline" in names:
+                        base, _, db = args.redis_url.rpartition("/")
+                        redis.Redis.from_url(f"{base}/{int(db or 0) + 1}").flushdb()
                 except Exception:  # noqa: BLE001 - Redis may be down; the run is over anyway
                     pass
     if "edge" not in names:
