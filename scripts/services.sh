@@ -166,7 +166,9 @@ embedded_redis_start() {
 		die "no Redis answers on 127.0.0.1:6379 and redis-server is not installed (apt-get install redis-server), or set REDIS_URL"
 	mkdir -p "$RUN_DIR"
 	say "starting the embedded Redis on 127.0.0.1:$EMBEDDED_REDIS_PORT"
+	# AOF, as production needs it: a restart keeps usage events not yet consumed (docs/edge.md).
 	redis-server --daemonize yes --bind 127.0.0.1 --port "$EMBEDDED_REDIS_PORT" --dir "$RUN_DIR" \
+		--appendonly yes --appendfsync everysec \
 		--pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log" >/dev/null
 	wait_until "Redis on 127.0.0.1:$EMBEDDED_REDIS_PORT" redis_answers 127.0.0.1 "$EMBEDDED_REDIS_PORT"
 }
