@@ -93,3 +93,21 @@ def test_a_torn_final_event_is_passed_on_at_flush():
     assert sse.feed(delta("a") + b'data: {"tor') == delta("a")
     assert sse.flush() == b'data: {"tor'
     assert sse.text() == "a"
+
+
+@pytest.mark.parametrize("done", [DONE, b"data:[DONE]\n\n"])
+def test_the_end_of_the_stream_is_held_back_until_flush(done):
+    """A client that has [DONE] considers the answer whole: it leaves only after the edge has
+    recorded the request (the proxy journals the event between the last feed and flush)."""
+    sse = SSEUsage(drop_usage_chunk=True)
+    forwarded = sse.feed(delta("a") + USAGE_ONLY + done)
+    assert forwarded == delta("a")
+    assert sse.usage == (11, 3, 4)
+    assert sse.flush() == done
+
+
+def test_a_done_inside_the_text_is_not_held_back():
+    text = delta("the literal [DONE]\n\n")
+    sse = SSEUsage(drop_usage_chunk=True)
+    assert sse.feed(text) == text
+    assert sse.flush() == b""
