@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
+from edge.events import SCHEMA_VERSION, UsageEvent
 from usage.models import ClosedPeriod
 from usage.partitions import add_months
 
@@ -92,9 +93,10 @@ def _optional_float(data: dict, field: str) -> float | None:
     return float(value)
 
 
-def event_from_edge(data: dict, keys: dict[str, tuple[int, int]]) -> Event:
-    """Validate one event of the tg:usage stream (schema v1). Raise InvalidEvent."""
-    if not isinstance(data, dict) or data.get("v") != 1:
+def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event:
+    """Validate one event of the tg:usage stream (edge/events.py; anything may arrive). Raise
+    InvalidEvent."""
+    if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
         raise InvalidEvent("not a version 1 usage event")
     try:
         event_id = uuid.UUID(str(data.get("event_id")))
