@@ -299,3 +299,36 @@ def edge_redis_url() -> str:
     from django.conf import settings
 
     return settings.REDIS_URL
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_publishes_their_events(
+    start_edge, mock_upstream, make_key, redis_client
+):
+    _key, secret = make_key()
+    edge = start_edge([{"model": "*", "upstreams": [{"url": mock_upstream.url}]}], workers=2)
+    results: list[httpx.Response] = []
+
+    def slow_request():
+        results.append(
+            httpx.post(
+                f"{edge.url}/v1/chat/completions",
+                json=body(),
+                headers={"authorization": f"Bearer {secret}", "x-mock-latency-ms": "1500"},
+                timeout=30,
+            )
+        )
+
+    threads = [threading.Thread(target=slow_request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # all six are with the model server now
+    os.killpg(edge.process.pid, signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert edge.process.wait(20) == 0
+
+    assert [r.status_code for r in results] == [200] * 6
+    assert sorted(e["request_id"] for e in events(redis_client)) == sorted(
+        r.headers["x-request-id"] for r in results
+    )
+    assert not list(edge.spool_dir.glob("journal-*.jsonl"))  # a clean stop leaves no journal
