@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from edge import metrics
+
 logger = logging.getLogger("tollgate.edge.journal")
 
 SEGMENT_BYTES = 4 << 20
@@ -37,6 +39,7 @@ class Journal:
         self._segment_of: dict[str, int] = {}  # event id -> its segment
         self._fd: int | None = None
         self._size = 0
+        self._failing = False
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"journal-{self.token}-{segment:06d}.jsonl"
@@ -50,15 +53,27 @@ class Journal:
         self._outstanding[segment] = 0
         self._size = 0
 
-    def _write(self, line: bytes) -> None:
-        if self._fd is None or self._size > self.segment_bytes:
-            self._rotate()
-        os.write(self._fd, line)
+    def _write(self, line: bytes) -> bool:
+        """Append a line; a failing disk is logged and counted, and the request is still
+        published from memory (only its protection against a crash is lost)."""
+        try:
+            if self._fd is None or self._size > self.segment_bytes:
+                self._rotate()
+            os.write(self._fd, line)
+        except OSError as exc:
+            metrics.JOURNAL_FAILURES.inc()
+            if not self._failing:
+                logger.error("cannot write the journal in %s: %s", self.directory, exc)
+            self._failing = True
+            return False
+        self._failing = False
         self._size += len(line)
+        return True
 
     def write(self, event: dict, settle: list | None) -> None:
         """Record an answered request's event (and its settlement) before anything else."""
-        self._write(orjson.dumps({"e": event, "s": settle}) + b"\n")
+        if not self._write(orjson.dumps({"e": event, "s": settle}) + b"\n"):
+            return
         segment = self._segments[-1]
         self._outstanding[segment] += 1
         self._segment_of[event["event_id"]] = segment

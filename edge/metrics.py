@@ -48,6 +48,7 @@ UPSTREAM_FAILOVERS = Counter("tollgate_edge_upstream_failovers_total", "Requests
 ADMISSION_ERRORS = Counter(
     "tollgate_edge_admission_errors_total", "Admissions that could not run, by cause", ["cause"]
 )
+JOURNAL_FAILURES = Counter("tollgate_edge_journal_failures_total", "Journal writes that failed (disk)")
 UNCHECKED = Counter(
     "tollgate_edge_unchecked_admissions_total", "Requests served without limits while Redis was unreachable"
 )

@@ -75,3 +75,20 @@ def test_a_journal_spanning_segments_is_recovered_whole(tmp_path):
     assert len(list(tmp_path.glob("journal-*.jsonl"))) > 2
 
     assert [e["event_id"] for e in Journal(tmp_path).recover()] == ["e1", "e2", "e3", "e4", "e5", "e7"]
+
+
+def test_a_failing_journal_write_is_counted_and_never_breaks_the_request(tmp_path):
+    from edge import metrics
+
+    journal = Journal(tmp_path)
+    journal.write(event(1), None)
+    os.close(journal._fd)  # the disk goes away under the open segment
+    before = metrics.JOURNAL_FAILURES._value.get()
+
+    journal.write(event(2), None)  # no exception: publication from memory goes on
+
+    assert metrics.JOURNAL_FAILURES._value.get() == before + 1
+    assert journal.pending == 1  # only the event that reached the file waits for "done"
+    journal._fd = None
+    journal.write(event(3), None)  # the next write opens a new segment
+    assert journal.pending == 2
