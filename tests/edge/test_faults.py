@@ -200,7 +200,10 @@ def test_sigkill_of_the_whole_edge_under_load_loses_no_answered_request(
         clients = [threading.Thread(target=_load, args=(edge.url, secret, stop, answered)) for _ in range(8)]
         for thread in clients:
             thread.start()
-        time.sleep(1.0)
+        # Kill mid-load, once enough answers came back (bounded: a loaded machine is slower).
+        goal = len(answered) + 60
+        wait_until(lambda: len(answered) >= goal, 20, "answers under load")
+        time.sleep(0.3)
         os.killpg(edge.process.pid, signal.SIGKILL)
         stop.set()
         for thread in clients:
@@ -240,15 +243,15 @@ def test_sigkill_of_the_whole_edge_under_load_loses_no_answered_request(
 def test_killing_the_master_stops_its_workers_and_frees_the_port(start_edge, mock_upstream, make_key):
     edge = start_edge([{"model": "*", "upstreams": [{"url": mock_upstream.url}]}], workers=2)
     workers = [int(pid) for pid in subprocess.check_output(["pgrep", "-P", str(edge.process.pid)]).split()]
-    workers = [pid for pid in workers if _cmdline(pid).startswith(sys.executable)]
-    assert len(workers) >= 2
+    workers = [pid for pid in workers if "spawn_main" in _cmdline(pid)]
+    assert len(workers) == 2
     edge.process.kill()
     edge.process.wait(5)
 
     def gone() -> bool:
         return all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in workers)
 
-    wait_until(gone, 10, "the workers to exit")
+    wait_until(gone, 30, "the workers to exit")
     # The port is free again: a new edge starts on it.
     config = edge.config_path.read_text()
     restarted = subprocess.Popen(
