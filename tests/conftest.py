@@ -30,7 +30,7 @@ def _clock_instant(config) -> datetime | None:
     except ValueError:
         raise pytest.UsageError(f"--clock must be an ISO 8601 instant, got {value!r}") from None
     if instant.tzinfo is None:
-        raise pytest.UsageError(f"--clock needs a time zone, e.g. {value}Z")
+        raise pytest.UsageError(f"--clock needs a UTC offset, e.g. 2028-02-29T23:59:59Z, got {value!r}")
     return instant
 
 
