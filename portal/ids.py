@@ -1,7 +1,8 @@
 """Public identifiers: a prefix and a time-ordered, URL-safe body (ULID layout)."""
 
 import secrets
-import time
+
+from django.utils import timezone
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -11,7 +12,7 @@ def public_id(prefix: str) -> str:
 
     Identifiers sort by creation time, as strings and in indexes.
     """
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    value = (int(timezone.now().timestamp() * 1000) << 80) | secrets.randbits(80)
     chars = []
     for _ in range(26):
         value, index = divmod(value, 32)

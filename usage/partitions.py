@@ -3,6 +3,7 @@
 from datetime import date
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 TABLE = "usage_event"
 
@@ -63,8 +64,12 @@ def partition_create(month: date) -> bool:
 
 
 def partitions_ensure(*, today: date | None = None, months_back: int = 1, months_ahead: int = 3) -> list[str]:
-    """Make sure partitions exist from ``months_back`` before this month to ``months_ahead`` after."""
-    today = today or date.today()
+    """Make sure partitions exist from ``months_back`` before this month to ``months_ahead`` after.
+
+    This month is the UTC one, as the partition bounds are: ``date.today()`` would be the
+    host's local date, and would bypass the clock that tests move.
+    """
+    today = today or timezone.now().date()
     created = []
     for offset in range(-months_back, months_ahead + 1):
         month = add_months(month_start(today), offset)

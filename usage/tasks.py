@@ -12,11 +12,10 @@ def ensure_partitions() -> list[str]:
 @shared_task
 def apply_raw_retention() -> list[str]:
     """Drop raw usage partitions older than the retention; rollups are kept for good."""
-    from datetime import date
-
     from django.conf import settings
+    from django.utils import timezone
 
     from usage.partitions import add_months, month_start, partitions_drop_before
 
-    cutoff = add_months(month_start(date.today()), -settings.USAGE_RAW_RETENTION_MONTHS)
+    cutoff = add_months(month_start(timezone.now().date()), -settings.USAGE_RAW_RETENTION_MONTHS)
     return partitions_drop_before(cutoff)

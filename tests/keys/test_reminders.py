@@ -14,7 +14,7 @@ from portal.models import AuditEvent
 from portal.roles import Role
 from tests.factories import add_member, make_org, make_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from usage.models import ClosedPeriod, UsageEvent, UsageRollup
 from usage.partitions import add_months, partition_create, partitions_drop_before, partitions_ensure
 from usage.tasks import apply_raw_retention
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
 def partitions() -> list[str]:
@@ -40,16 +40,31 @@ def month_name(month: date) -> str:
     return f"usage_event_{month:%Y%m}"
 
 
-def test_partitions_exist_from_last_month_to_three_months_ahead():
-    this_month = date.today().replace(day=1)
-    assert partitions() == sorted(
-        ["usage_event_default"] + [month_name(add_months(this_month, offset)) for offset in range(-1, 4)]
-    )
+@pytest.fixture(autouse=True)
+def _only_the_default_partition():
+    """Start from the default partition alone, whichever months the migration created.
+
+    The test database was migrated at some earlier time (under ``--clock``, on another
+    date): each test creates the partitions it needs, for the date it runs at, with the
+    code's own functions. The drop is rolled back with the test's transaction.
+    """
+    partitions_drop_before(date.max)
+    assert partitions() == ["usage_event_default"]
 
 
-def test_ensuring_partitions_creates_only_the_missing_months_ahead_and_is_idempotent():
-    this_month = date.today().replace(day=1)
+def test_ensuring_partitions_creates_last_month_to_three_months_ahead_of_today(frozen_now):
+    this_month = frozen_now.date().replace(day=1)
+    expected = [month_name(add_months(this_month, offset)) for offset in range(-1, 4)]
+
+    assert partitions_ensure() == expected
+
+    assert partitions() == sorted(["usage_event_default", *expected])
+
+
+def test_ensuring_partitions_creates_only_the_missing_months_ahead_and_is_idempotent(frozen_now):
+    this_month = frozen_now.date().replace(day=1)
     in_two_months = add_months(this_month, 2)
+    partitions_ensure()
 
     created = partitions_ensure(today=in_two_months)
 
@@ -66,8 +81,14 @@ def test_an_event_of_a_month_without_partition_waits_in_the_default_and_moves_wh
     key = tenant.key()
     old = datetime(2019, 3, 14, 15, 9, 26, tzinfo=UTC)
     current = timezone.now()
-    ingest(redis_client, edge_event(key, ended_at=old), edge_event(key, ended_at=old), edge_event(key))
-    this_partition = month_name(current.date().replace(day=1))
+    partition_create(current.date())
+    ingest(
+        redis_client,
+        edge_event(key, ended_at=old),
+        edge_event(key, ended_at=old),
+        edge_event(key, ended_at=current),
+    )
+    this_partition = month_name(current.date())
     assert rows_per_partition() == {"usage_event_default": 2, this_partition: 1}
 
     assert partition_create(date(2019, 3, 1)) is True
@@ -102,10 +123,12 @@ def test_retention_drops_old_raw_partitions_and_keeps_the_rollups(tenant, redis_
     assert UsageRollup.unscoped.count() == 4
 
 
-def test_the_retention_job_drops_raw_months_older_than_the_setting(tenant, redis_client, settings):
+def test_the_retention_job_drops_raw_months_older_than_the_setting(
+    tenant, redis_client, settings, frozen_now
+):
     settings.USAGE_RAW_RETENTION_MONTHS = 13
     key = tenant.key()
-    this_month = date.today().replace(day=1)
+    this_month = frozen_now.date().replace(day=1)
     expired, kept = add_months(this_month, -14), add_months(this_month, -13)
     partition_create(expired)
     partition_create(kept)
@@ -125,11 +148,12 @@ def test_the_retention_job_drops_raw_months_older_than_the_setting(tenant, redis
 
 def test_a_late_event_for_a_closed_month_is_kept_and_billed_in_the_next_open_month(tenant, redis_client):
     key = tenant.key()
-    this_month = timezone.now().date().replace(day=1)
+    on_time = timezone.now()
+    this_month = on_time.date().replace(day=1)
     last_month = add_months(this_month, -1)
+    partitions_ensure(today=this_month)
     ClosedPeriod.objects.create(period=last_month)
     occurred = datetime.combine(last_month, datetime.min.time(), UTC) + timedelta(days=20, hours=7, minutes=3)
-    on_time = timezone.now()
 
     ingest(
         redis_client,

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from tests.usage.support import STREAM, edge_event, ingest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
 def served(client, event: dict) -> None:

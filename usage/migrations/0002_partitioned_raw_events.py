@@ -32,6 +32,8 @@ DROP = "DROP TABLE IF EXISTS usage_event CASCADE;"
 
 
 def create_partitions(apps, schema_editor):
+    # The months around the day of migrating; the usage-partitions-ahead beat task keeps
+    # creating the next ones. Nothing may assume that day is today (tests create their own).
     from usage.partitions import partitions_ensure
 
     partitions_ensure()

@@ -3,15 +3,16 @@ from datetime import UTC, datetime, timedelta
 import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from usage.reconcile import usage_reconcile
 
 
 def _moment(value: str) -> datetime:
     if value.endswith("h") and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(hours=int(value[:-1]))
+        return timezone.now() - timedelta(hours=int(value[:-1]))
     if value.endswith("d") and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(days=int(value[:-1]))
+        return timezone.now() - timedelta(days=int(value[:-1]))
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -33,7 +34,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         since = _moment(options["since"])
-        until = datetime.now(UTC) - timedelta(minutes=options["settle_minutes"])
+        until = timezone.now() - timedelta(minutes=options["settle_minutes"])
         until = until.replace(minute=0, second=0, microsecond=0) if options["settle_minutes"] else None
         client = redis.Redis.from_url(settings.EDGE_REDIS_URL or settings.REDIS_URL)
         differences = usage_reconcile(client=client, since=since, until=until)
