@@ -105,8 +105,9 @@ def _once(operation: Callable[[], T]) -> T:
     return operation()
 
 
-def _nogroup(exc: redis.ResponseError) -> bool:
-    return str(exc).startswith("NOGROUP")
+def _group_lost(exc: redis.ResponseError) -> bool:
+    # NOGROUP answers a command; UNBLOCKED ends a blocked read when the stream is deleted.
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 class UsageConsumer:
@@ -211,7 +212,7 @@ class UsageConsumer:
                 # Redis may have executed a read whose reply was lost: those entries are ours now.
                 self._own_pending = True
             except redis.ResponseError as exc:
-                if not _nogroup(exc):
+                if not _group_lost(exc):
                     raise
                 # Redis came back empty (or the group was deleted): make it again, at id 0 so
                 # that whatever the edge wrote since is read, and carry on.
