@@ -200,7 +200,7 @@ class UsageConsumer:
         """Call ``operation`` until no store error stops it; log each outage once."""
         backoff = Backoff()
         failing: dict[str, float] = {}
-        group_missing = False
+        group_missing: bool | None = None  # None: not lost yet during this operation
         while True:
             try:
                 if group_missing:
@@ -221,8 +221,10 @@ class UsageConsumer:
                     extra={"consumer": self.name, "stream": self.stream, "group": self.group},
                 )
                 GROUPS_RECREATED.inc()
+                if group_missing is None:
+                    group_missing = True
+                    continue  # at once the first time; should it keep vanishing, back off
                 group_missing = True
-                continue
             except POSTGRES_ERRORS as exc:
                 self._failed("postgres", exc, failing)
                 connection.close()  # the next attempt opens a fresh connection
