@@ -33,6 +33,7 @@ class ConsumerProcess:
 
     def __init__(self, directory: Path, *, name: str, database_url: str, redis_url: str, args=()):
         self.name = name
+        self._signalled = False
         self.port = free_port()
         self.log = Path(directory) / f"{name}-{self.port}.log"
         env = {
@@ -98,10 +99,19 @@ class ConsumerProcess:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def signal_stop(self) -> None:
+        """Send SIGTERM, once.
+
+        A second one could land while the process exits, after Python restored the default
+        action, and kill it with -15.
+        """
+        if self.alive and not self._signalled:
+            self.process.send_signal(signal.SIGTERM)
+            self._signalled = True
+
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM, then wait; a process that does not stop in time is killed and fails the test."""
-        if self.alive:
-            self.process.send_signal(signal.SIGTERM)
+        self.signal_stop()
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -4,7 +4,6 @@ Everything is real: the events are XADDed to the test's Redis database in the ed
 the consumer reads them in its consumer group and writes to the test's Postgres.
 """
 
-import signal
 import time
 import uuid
 from datetime import timedelta
@@ -412,8 +411,7 @@ def test_two_consumer_processes_count_every_event_once_and_stop_after_their_batc
         )
     finally:
         for c in consumers:
-            if c.alive:
-                c.process.send_signal(signal.SIGTERM)
+            c.signal_stop()  # both at once, while they are busy
         codes = [c.terminate() for c in consumers]
 
     assert codes == [0, 0]
