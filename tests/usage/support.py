@@ -67,6 +67,15 @@ def ingest(client: redis.Redis, *events: dict) -> None:
     assert (result.inserted, result.dead) == (len(events), 0)
 
 
+def pending(client: redis.Redis) -> dict[str, int]:
+    """Unacknowledged entries of the group, per consumer."""
+    return {
+        entry["name"].decode(): entry["pending"]
+        for entry in client.xinfo_consumers(STREAM, GROUP)
+        if entry["pending"]
+    }
+
+
 def at_ms(milliseconds: int) -> datetime:
     return datetime.fromtimestamp(milliseconds / 1000, tz=UTC)
 

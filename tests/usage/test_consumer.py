@@ -4,30 +4,24 @@ Everything is real: the events are XADDed to the test's Redis database in the ed
 the consumer reads them in its consumer group and writes to the test's Postgres.
 """
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from datetime import timedelta
 
-import httpx
 import orjson
 import pytest
 import redis
-from django.conf import settings as django_settings
-from django.db import connection
 from django.utils import timezone
 
 from keys.models import ApiKey
+from tests.usage.processes import ConsumerProcess, current_database_url, wait
 from tests.usage.support import (
     DEAD_STREAM,
     GROUP,
     STREAM,
     at_ms,
     edge_event,
+    pending,
     publish,
     raw_sums,
     rollup_rows,
@@ -51,13 +45,8 @@ def deliver(client, name: str, count: int) -> list:
     return entries
 
 
-def pending(client) -> dict[str, int]:
-    """Unacknowledged entries of the group, per consumer."""
-    return {
-        entry["name"].decode(): entry["pending"]
-        for entry in client.xinfo_consumers(STREAM, GROUP)
-        if entry["pending"]
-    }
+def consumer_names(client) -> set[str]:
+    return {entry["name"].decode() for entry in client.xinfo_consumers(STREAM, GROUP)}
 
 
 class AcknowledgementLost(redis.Redis):
@@ -347,46 +336,26 @@ def test_last_used_at_follows_the_newest_event_and_never_moves_back(tenant, redi
     assert ApiKey.unscoped.get(pk=key.pk).last_used_at == now - timedelta(seconds=30)
 
 
+def test_dead_consumers_are_removed_but_never_the_live_one_nor_one_holding_entries(tenant, redis_client):
+    key = tenant.key()
+    publish(redis_client, edge_event(key))
+    live = consumer(redis_client, name="ingest-live", dead_consumer_idle_ms=300)
+    redis_client.xgroup_createconsumer(STREAM, GROUP, "ingest-gone")
+    deliver(redis_client, "ingest-holding", 1)  # a consumer that died holding an entry
+    time.sleep(0.4)
+    redis_client.xgroup_createconsumer(STREAM, GROUP, "ingest-recent")
+
+    live.step()  # its first step does the housekeeping
+
+    assert consumer_names(redis_client) == {"ingest-live", "ingest-holding", "ingest-recent"}
+    # Idle past the threshold now, the live consumer itself is still kept; its entry is claimed, not dropped.
+    time.sleep(0.4)
+    assert live.consumers_remove_dead() == ["ingest-recent"]
+    assert consumer_names(redis_client) == {"ingest-live", "ingest-holding"}
+    assert pending(redis_client) == {"ingest-holding": 1}
+
+
 # --- two real consumer processes ------------------------------------------------------
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    user = db["USER"] or "postgres"
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serving(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _metric(port: int, name: str) -> float:
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if series == name:
-            return float(value)
-    raise AssertionError(f"{name} not exported on port {port}")
-
-
-def _wait(condition, what: str, processes, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for process, log in processes:
-            if process.poll() is not None:
-                pytest.fail(f"ingest_usage exited with {process.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -394,51 +363,27 @@ def test_two_consumer_processes_count_every_event_once_and_stop_after_their_batc
     tenant, redis_client, settings, tmp_path, raw_events_cleared
 ):
     keys = [tenant.key(f"key {n}") for n in range(4)]
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "DEBUG": "false",
-    }
-    env.pop("EDGE_REDIS_URL", None)
-    processes = []
-    ports = []
-    for name in ("ingest-1", "ingest-2"):
-        port = _free_port()
-        log = tmp_path / f"{name}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "manage.py",
-                    "ingest_usage",
-                    "--name",
-                    name,
-                    "--batch-size",
-                    "100",
-                    "--max-wait-ms",
-                    "50",
-                    "--metrics-port",
-                    str(port),
-                ],
-                cwd=django_settings.BASE_DIR,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        processes.append((process, log))
-        ports.append(port)
+    consumers = [
+        ConsumerProcess(
+            tmp_path,
+            name=name,
+            database_url=current_database_url(),
+            redis_url=settings.REDIS_URL,
+            args=["--batch-size", "100", "--max-wait-ms", "50"],
+        )
+        for name in ("ingest-1", "ingest-2")
+    ]
     try:
         # Both consumers are up (metrics served, group created) before the events arrive.
-        _wait(
+        wait(
             lambda: (
-                all(_serving(port) for port in ports)
+                all(c.serving() for c in consumers)
                 and redis_client.exists(STREAM)
                 and [group["name"] for group in redis_client.xinfo_groups(STREAM)] == [GROUP.encode()]
             ),
             "both consumers to start",
-            processes,
+            consumers,
+            timeout=60,
         )
         base = timezone.now() - timedelta(hours=2)
         events = [
@@ -453,30 +398,25 @@ def test_two_consumer_processes_count_every_event_once_and_stop_after_their_batc
         # First half: both consumers share it; their counters add up to exactly the events.
         for start in range(0, 2500, 500):
             publish(redis_client, *events[start : start + 500])
-        _wait(lambda: UsageEvent.unscoped.count() == 2500, "2,500 raw events", processes)
-        _wait(lambda: pending(redis_client) == {}, "every entry acknowledged", processes)
-        inserted = [_metric(port, "tollgate_ingest_events_inserted_total") for port in ports]
-        duplicates = [_metric(port, "tollgate_ingest_events_duplicate_total") for port in ports]
+        wait(lambda: UsageEvent.unscoped.count() == 2500, "2,500 raw events", consumers, timeout=60)
+        wait(lambda: pending(redis_client) == {}, "every entry acknowledged", consumers, timeout=60)
+        inserted = [c.metric("tollgate_ingest_events_inserted_total") for c in consumers]
+        duplicates = [c.metric("tollgate_ingest_events_duplicate_total") for c in consumers]
 
         # Second half: SIGTERM arrives while the consumers are busy with it.
         for start in range(2500, 5000, 500):
             publish(redis_client, *events[start : start + 500])
-        _wait(lambda: UsageEvent.unscoped.count() > 2600, "ingestion of the second half", processes)
+        wait(
+            lambda: UsageEvent.unscoped.count() > 2600, "ingestion of the second half", consumers, timeout=60
+        )
     finally:
-        for process, _log in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        codes = []
-        for process, _log in processes:
-            try:
-                codes.append(process.wait(timeout=15))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes.append(process.wait(timeout=5))
+        for c in consumers:
+            c.signal_stop()  # both at once, while they are busy
+        codes = [c.terminate() for c in consumers]
 
     assert codes == [0, 0]
-    for _process, log in processes:
-        assert "ingest_usage: stopped after finishing its batch" in log.read_text()
+    for c in consumers:
+        assert "ingest_usage: stopped after finishing its batch" in c.output()
     assert sum(inserted) == 2500
     assert duplicates == [0, 0]
     assert all(count > 0 for count in inserted), inserted
