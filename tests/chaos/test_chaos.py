@@ -18,12 +18,14 @@ attributed to the phase that sent it.
 """
 
 import asyncio
+import re
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import httpx
 import openai
 import psycopg
 import pytest
@@ -228,6 +230,22 @@ class Metered:
         )
 
 
+def _edge_counter(url: str, name: str) -> float:
+    """Return the sum of a counter's series on an edge's /metrics (every worker's)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    )
+
+
+def _journal_recoveries(log: str) -> int:
+    """Return how many usage events edge processes recovered from dead processes' journals."""
+    found = re.findall(r"recovered (\d+) usage events from the journal", log)
+    return sum(int(count) for count in found)
+
+
 def _stream_drained(client: redis.Redis) -> bool:
     """Every entry of tg:usage was delivered to the group and acknowledged."""
     try:
@@ -287,6 +305,11 @@ def test_paced_load_through_consumer_postgres_redis_and_edge_kills_meters_every_
         time.sleep(1.5)
         chaos_redis.start()
         time.sleep(3)
+        # Evidence that the outage bit: events spooled, admissions made without Redis.
+        outage = {
+            "spooled": _edge_counter(edge.url, "tollgate_edge_spooled_events_total"),
+            "unchecked": _edge_counter(edge.url, "tollgate_edge_unchecked_admissions_total"),
+        }
 
         for phase in ("edge-kill-1", "edge-kill-2"):
             enter(phase)
@@ -371,6 +394,8 @@ def test_paced_load_through_consumer_postgres_redis_and_edge_kills_meters_every_
     report = _render(table)
     report += (
         f"\nraw totals (requests, input, output, cost) {raw_totals}; rollup totals {rollup_totals}"
+        f"\nredis outage: {outage['spooled']:.0f} events spooled, {outage['unchecked']:.0f} admissions "
+        f"unchecked; edge kills: {_journal_recoveries(edge.log())} events recovered from journals"
         f"\nburst: {burst_seconds:.2f}s; drain: {drain_seconds:.1f}s; whole test: "
         f"{time.monotonic() - started:.1f}s; consumers alive: {alive}"
     )
