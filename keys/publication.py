@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 from functools import cache
 
 import redis
@@ -12,6 +13,19 @@ from keys import edge_record
 
 logger = logging.getLogger(__name__)
 BATCH = 500
+# Written last by a full resync, never expiring: when it is missing, Redis lost the data plane
+# (restarted without persistence, flushed) and the edge would refuse every valid key.
+SYNCED_MARKER = "tg:synced"
+RESYNC_LOCK = "tg:resync:lock"
+RESYNC_LOCK_MS = 60_000
+# Delete the lock only while it is still the caller's: a resync slower than the lock's life
+# must not release the lock of the one that took over.
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 @cache
@@ -93,6 +107,40 @@ def edge_sync() -> int:
     written = keys_publish(ids)
     edge_reconcile()
     return written
+
+
+def edge_resync() -> tuple[int, int]:
+    """Rebuild every key record and price from Postgres, then write the synced marker.
+
+    Return the number of key records and of prices written.
+    """
+    from billing.edge_prices import prices_publish
+
+    written = edge_sync()
+    prices = prices_publish()
+    marker = json.dumps({"v": 1, "at": int(time.time())}, separators=(",", ":"))
+    edge_redis().set(SYNCED_MARKER, marker)
+    return written, prices
+
+
+def edge_resync_if_missing(*, owner: str) -> bool:
+    """Run ``edge_resync`` if the synced marker is gone and no one else is; return whether it ran.
+
+    Cheap when the marker exists (one EXISTS), so every consumer replica can ask each second.
+    """
+    client = edge_redis()
+    if client.exists(SYNCED_MARKER):
+        return False
+    if not client.set(RESYNC_LOCK, owner, nx=True, px=RESYNC_LOCK_MS):
+        return False
+    try:
+        # Another replica may have finished between our EXISTS and our lock.
+        if client.exists(SYNCED_MARKER):
+            return False
+        edge_resync()
+        return True
+    finally:
+        client.eval(_RELEASE_LOCK, 1, RESYNC_LOCK, owner)
 
 
 def _decoded(stored: bytes | None) -> dict | None:

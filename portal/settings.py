@@ -186,6 +186,12 @@ USAGE_CONSUMER_GROUP = env_str("USAGE_CONSUMER_GROUP", "ingest")
 USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 2000, minimum=1)
 USAGE_BATCH_MAX_WAIT_MS = env_int("USAGE_BATCH_MAX_WAIT_MS", 200, minimum=1)
 USAGE_CLAIM_IDLE_MS = env_int("USAGE_CLAIM_IDLE_MS", 60_000, minimum=1000)
+# A replica keeps its name across restarts (StatefulSet pod name, systemd instance...) so that
+# it re-reads its own pending entries at once; unset, the host name.
+USAGE_CONSUMER_NAME = env_str("USAGE_CONSUMER_NAME", "")
+USAGE_DEAD_CONSUMER_IDLE_MS = env_int(
+    "USAGE_DEAD_CONSUMER_IDLE_MS", 10 * USAGE_CLAIM_IDLE_MS, minimum=USAGE_CLAIM_IDLE_MS
+)
 USAGE_LATE_WINDOW_DAYS = env_int("USAGE_LATE_WINDOW_DAYS", 35, minimum=1)
 USAGE_RAW_RETENTION_MONTHS = env_int("USAGE_RAW_RETENTION_MONTHS", 13, minimum=1)
 

@@ -12,7 +12,13 @@ from django.core.management import call_command
 from keys import services
 from keys.edge_record import INVALIDATE_CHANNEL, TOMBSTONE_SECONDS, key_record, redis_key
 from keys.models import ApiKey, ApiKeySecret
-from keys.publication import edge_reconcile, edge_redis
+from keys.publication import (
+    RESYNC_LOCK,
+    SYNCED_MARKER,
+    edge_reconcile,
+    edge_redis,
+    edge_resync_if_missing,
+)
 from portal import services as portal_services
 from portal.audit import Actor
 from portal.models import Organization
@@ -204,6 +210,46 @@ def test_edge_sync_rebuilds_every_record_from_an_empty_redis(actor, organization
         assert stored[redis_key(secret.secret_hash)]["status"] == "active"
     revoked = ApiKey.unscoped.get(name="revoked").secrets.get()
     assert stored[redis_key(revoked.secret_hash)]["status"] == "revoked"
+
+
+def test_edge_sync_writes_the_synced_marker_last_and_without_expiry(
+    actor, organization, publish, redis_client, start
+):
+    _fixture_keys(actor, organization, publish)
+    redis_client.flushdb()
+
+    call_command("edge_sync", stdout=io.StringIO())
+
+    assert json.loads(redis_client.get(SYNCED_MARKER)) == {"v": 1, "at": int(start.timestamp())}
+    assert redis_client.ttl(SYNCED_MARKER) == -1
+    assert len(redis_client.keys("tg:key:*")) == 4
+    assert redis_client.exists(RESYNC_LOCK) == 0
+
+
+def test_resync_if_missing_runs_only_without_the_marker_and_without_another_holder(
+    actor, organization, publish, redis_client
+):
+    _fixture_keys(actor, organization, publish)
+    expected = _expected_records()
+    redis_client.flushdb()
+
+    # Another replica holds the lock: nothing is written, its lock is left alone.
+    redis_client.set(RESYNC_LOCK, "ingest-other", px=60_000)
+    assert edge_resync_if_missing(owner="ingest-a") is False
+    assert redis_client.keys("*") == [RESYNC_LOCK.encode()]
+    assert redis_client.get(RESYNC_LOCK) == b"ingest-other"
+
+    redis_client.delete(RESYNC_LOCK)
+    assert edge_resync_if_missing(owner="ingest-a") is True
+    stored = {name.decode(): json.loads(redis_client.get(name)) for name in redis_client.keys("tg:key:*")}
+    assert stored == expected
+    assert redis_client.exists(SYNCED_MARKER) == 1
+    assert redis_client.exists(RESYNC_LOCK) == 0
+
+    # The marker is there: one EXISTS, no rewrite.
+    redis_client.delete(*redis_client.keys("tg:key:*"))
+    assert edge_resync_if_missing(owner="ingest-a") is False
+    assert redis_client.keys("tg:key:*") == []
 
 
 def test_reconcile_removes_unknown_records_and_repairs_drifted_ones(

@@ -1,4 +1,4 @@
-import os
+import argparse
 import socket
 
 import redis
@@ -9,13 +9,33 @@ from usage.consumer import UsageConsumer
 
 
 class Command(BaseCommand):
-    help = "Consume usage events from the Redis stream into Postgres (runs until SIGTERM)."
+    help = (
+        "Consume usage events from the Redis stream into Postgres (runs until SIGTERM, "
+        "waiting out Postgres and Redis restarts)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}", help="consumer name")
+        parser.add_argument(
+            "--name",
+            default=settings.USAGE_CONSUMER_NAME or socket.gethostname(),
+            help="consumer name, stable across restarts of this replica "
+            "(default: USAGE_CONSUMER_NAME, else the host name)",
+        )
         parser.add_argument("--batch-size", type=int, default=settings.USAGE_BATCH_SIZE)
         parser.add_argument("--max-wait-ms", type=int, default=settings.USAGE_BATCH_MAX_WAIT_MS)
         parser.add_argument("--claim-idle-ms", type=int, default=settings.USAGE_CLAIM_IDLE_MS)
+        parser.add_argument(
+            "--dead-consumer-idle-ms",
+            type=int,
+            default=settings.USAGE_DEAD_CONSUMER_IDLE_MS,
+            help="remove other consumers idle this long with nothing pending",
+        )
+        parser.add_argument(
+            "--edge-resync",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="re-publish key records and prices when Redis lost them (tg:synced missing)",
+        )
         parser.add_argument(
             "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port"
         )
@@ -25,14 +45,20 @@ class Command(BaseCommand):
             from prometheus_client import start_http_server
 
             start_http_server(options["metrics_port"], addr="127.0.0.1")
-        client = redis.Redis.from_url(settings.EDGE_REDIS_URL or settings.REDIS_URL, socket_timeout=30)
+        client = redis.Redis.from_url(
+            settings.EDGE_REDIS_URL or settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5
+        )
         consumer = UsageConsumer(
             client,
             name=options["name"],
             batch_size=options["batch_size"],
             max_wait_ms=options["max_wait_ms"],
             claim_idle_ms=options["claim_idle_ms"],
+            dead_consumer_idle_ms=options["dead_consumer_idle_ms"],
+            edge_resync=options["edge_resync"],
         )
         self.stdout.write(f"ingest_usage: consumer {consumer.name} reading {consumer.stream}")
-        consumer.run()
-        self.stdout.write("ingest_usage: stopped after finishing its batch")
+        if consumer.run():
+            self.stdout.write("ingest_usage: stopped after finishing its batch")
+        else:
+            self.stdout.write("ingest_usage: stopped during an outage; its batch stays pending")
