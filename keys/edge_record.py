@@ -29,6 +29,10 @@ from django.utils import timezone
 SCHEMA_VERSION = 1
 KEY_PREFIX = "tg:key:"
 INVALIDATE_CHANNEL = "tg:invalidate"
+# Written last by a full resync, never expiring: when it is missing, Redis lost the data plane
+# (restarted without persistence, flushed), and the edge takes a missing record for lost data
+# rather than an unknown key (edge/records.py reads the same name).
+SYNCED_KEY = "tg:synced"
 # Records of revoked or expired secrets stay this long so the edge can say why it refuses.
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 

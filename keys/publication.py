@@ -2,7 +2,6 @@
 
 import json
 import logging
-import time
 from functools import cache
 
 import redis
@@ -13,9 +12,6 @@ from keys import edge_record
 
 logger = logging.getLogger(__name__)
 BATCH = 500
-# Written last by a full resync, never expiring: when it is missing, Redis lost the data plane
-# (restarted without persistence, flushed) and the edge would refuse every valid key.
-SYNCED_MARKER = "tg:synced"
 RESYNC_LOCK = "tg:resync:lock"
 RESYNC_LOCK_MS = 60_000
 # Delete the lock only while it is still the caller's: a resync slower than the lock's life
@@ -46,7 +42,8 @@ def _write(pipe, key, secret, now) -> str:
         pipe.set(name, json.dumps(edge_record.key_record(key, secret), separators=(",", ":")))
         expiry = edge_record.record_expiry(key, secret)
         if expiry is not None:
-            pipe.expireat(name, expiry)
+            # Relative to our clock: Redis's may differ, and is_gone above judged by ours.
+            pipe.expire(name, max(expiry - int(now.timestamp()), 1))
     return secret.secret_hash
 
 
@@ -118,8 +115,10 @@ def edge_resync() -> tuple[int, int]:
 
     written = edge_sync()
     prices = prices_publish()
-    marker = json.dumps({"v": 1, "at": int(time.time())}, separators=(",", ":"))
-    edge_redis().set(SYNCED_MARKER, marker)
+    from django.utils import timezone
+
+    marker = json.dumps({"v": 1, "at": int(timezone.now().timestamp())}, separators=(",", ":"))
+    edge_redis().set(edge_record.SYNCED_KEY, marker)
     return written, prices
 
 
@@ -129,13 +128,13 @@ def edge_resync_if_missing(*, owner: str) -> bool:
     Cheap when the marker exists (one EXISTS), so every consumer replica can ask each second.
     """
     client = edge_redis()
-    if client.exists(SYNCED_MARKER):
+    if client.exists(edge_record.SYNCED_KEY):
         return False
     if not client.set(RESYNC_LOCK, owner, nx=True, px=RESYNC_LOCK_MS):
         return False
     try:
         # Another replica may have finished between our EXISTS and our lock.
-        if client.exists(SYNCED_MARKER):
+        if client.exists(edge_record.SYNCED_KEY):
             return False
         edge_resync()
         return True

@@ -240,3 +240,34 @@ def test_record_of_another_schema_version_is_refused_by_the_edge(actor, organiza
         parse_price(json.dumps({**price, "v": 2}).encode())
     with pytest.raises(RecordError, match="malformed price record"):
         parse_price(json.dumps({**price, "output_per_mtok_minor": "two"}).encode())
+
+
+def test_the_edge_sees_the_data_plane_whole_after_the_portals_resync_and_lost_after_a_flush(
+    organization, actor, settings
+):
+    """The resync marker: written by keys.publication.edge_resync, read by edge/store.py."""
+    import asyncio
+
+    from edge.batching import ScriptBatcher
+    from edge.resp import RespConnection
+    from edge.store import DataPlane
+    from keys.publication import edge_resync
+
+    assert records.SYNCED_KEY == edge_record.SYNCED_KEY
+    _key, plaintext = services.api_key_create(actor=actor, organization=organization, name="k")
+    name = records.KEY_PREFIX + services.secret_hash(plaintext)
+
+    async def read() -> tuple[bytes | None, bool]:
+        connection = RespConnection(settings.REDIS_URL)
+        try:
+            return await DataPlane(ScriptBatcher(connection, {})).read(name)
+        finally:
+            connection.close()
+
+    edge_resync()
+    raw, synced = asyncio.run(read())
+    assert synced is True
+    assert parse_key_record(raw).key_id == _key.public_id
+
+    edge_redis().flushdb()
+    assert asyncio.run(read()) == (None, False)

@@ -10,11 +10,10 @@ import pytest
 from django.core.management import call_command
 
 from keys import services
-from keys.edge_record import INVALIDATE_CHANNEL, TOMBSTONE_SECONDS, key_record, redis_key
+from keys.edge_record import INVALIDATE_CHANNEL, SYNCED_KEY, TOMBSTONE_SECONDS, key_record, redis_key
 from keys.models import ApiKey, ApiKeySecret
 from keys.publication import (
     RESYNC_LOCK,
-    SYNCED_MARKER,
     edge_reconcile,
     edge_redis,
     edge_resync_if_missing,
@@ -220,8 +219,8 @@ def test_edge_sync_writes_the_synced_marker_last_and_without_expiry(
 
     call_command("edge_sync", stdout=io.StringIO())
 
-    assert json.loads(redis_client.get(SYNCED_MARKER)) == {"v": 1, "at": int(start.timestamp())}
-    assert redis_client.ttl(SYNCED_MARKER) == -1
+    assert json.loads(redis_client.get(SYNCED_KEY)) == {"v": 1, "at": int(start.timestamp())}
+    assert redis_client.ttl(SYNCED_KEY) == -1
     assert len(redis_client.keys("tg:key:*")) == 4
     assert redis_client.exists(RESYNC_LOCK) == 0
 
@@ -243,7 +242,7 @@ def test_resync_if_missing_runs_only_without_the_marker_and_without_another_hold
     assert edge_resync_if_missing(owner="ingest-a") is True
     stored = {name.decode(): json.loads(redis_client.get(name)) for name in redis_client.keys("tg:key:*")}
     assert stored == expected
-    assert redis_client.exists(SYNCED_MARKER) == 1
+    assert redis_client.exists(SYNCED_KEY) == 1
     assert redis_client.exists(RESYNC_LOCK) == 0
 
     # The marker is there: one EXISTS, no rewrite.

@@ -21,7 +21,8 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from billing import services as billing_services
-from keys.publication import RESYNC_LOCK, SYNCED_MARKER
+from keys.edge_record import SYNCED_KEY
+from keys.publication import RESYNC_LOCK
 from portal.audit import Actor
 from tests.usage.processes import ConsumerProcess, current_database_url, wait
 from tests.usage.support import GROUP, STREAM, edge_event, pending, publish, raw_sums, rollup_rows
@@ -363,7 +364,7 @@ def test_after_a_flushall_one_of_two_consumers_republishes_what_edge_sync_writes
 
         client.flushall()
         flushed_at = int(time.time())
-        seconds = wait(lambda: client.exists(SYNCED_MARKER), "the synced marker again", consumers)
+        seconds = wait(lambda: client.exists(SYNCED_KEY), "the synced marker again", consumers)
         time.sleep(1.1)  # both have looked again since
         resyncs = sorted(c.metric("tollgate_ingest_edge_resyncs_total") for c in consumers)
     finally:
@@ -372,10 +373,10 @@ def test_after_a_flushall_one_of_two_consumers_republishes_what_edge_sync_writes
     assert codes == [0, 0]
     assert seconds < 3
     assert data_plane(client) == expected
-    marker = json.loads(client.get(SYNCED_MARKER))
+    marker = json.loads(client.get(SYNCED_KEY))
     assert marker == {"v": 1, "at": marker["at"]}
     assert flushed_at <= marker["at"] <= time.time()
-    assert client.ttl(SYNCED_MARKER) == -1
+    assert client.ttl(SYNCED_KEY) == -1
     assert resyncs == [0.0, 1.0]
     assert client.exists(RESYNC_LOCK) == 0
     assert group_exists(client)
