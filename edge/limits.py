@@ -10,11 +10,13 @@ tokens and cost move from the estimate to the real figure, and the lease is rele
 Keys of one organization share a Redis Cluster hash slot (``{o:<org_id>}``).
 """
 
+import hashlib
 import itertools
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from edge.batching import ScriptBatcher
 from edge.records import KeyRecord, Limits
 
 WINDOW_MS = 60_000
@@ -134,6 +136,15 @@ return 1
 SERVED_TTL_SECONDS = 8 * 24 * 3600
 
 
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+ADMIT_SHA = _sha(ADMIT)
+SETTLE_SHA = _sha(SETTLE)
+SCRIPTS = {ADMIT_SHA: ADMIT, SETTLE_SHA: SETTLE}
+
+
 def served_key(org_id: int, ended_at_ms: int) -> str:
     """The edge's per-organization, per-hour served counters (read by usage_reconcile)."""
     return f"tg:served:{{o:{org_id}}}:{ended_at_ms // 3_600_000}"
@@ -238,14 +249,21 @@ def _headers(limits: list[Limits], values: list) -> list[tuple[bytes, bytes]]:
 
 
 class Limiter:
-    def __init__(self, redis, lease_ttl_seconds: int):
-        self._admit = redis.register_script(ADMIT)
-        self._settle = redis.register_script(SETTLE)
-        self.lease_ttl_ms = lease_ttl_seconds * 1000
-        self.batcher = None  # an edge.batching.ScriptBatcher, to share round trips under load
+    """Admit and settle requests with the scripts, through the edge's ScriptBatcher (one pipelined
+    round trip for the calls of one event-loop iteration; scripts loaded again if Redis forgot them).
 
-    def scripts(self) -> dict[str, str]:
-        return {self._admit.sha: ADMIT, self._settle.sha: SETTLE}
+    ``redis`` (redis-py) is not used: every script call goes through ``batcher``. The parameter and
+    the ``None`` default stay while app.py still builds the limiter first and sets ``batcher`` after.
+    """
+
+    def __init__(self, redis, lease_ttl_seconds: int, batcher: ScriptBatcher | None = None):
+        self.lease_ttl_ms = lease_ttl_seconds * 1000
+        self.batcher = batcher
+
+    @staticmethod
+    def scripts() -> dict[str, str]:
+        """The scripts by SHA1, for the ScriptBatcher to load."""
+        return dict(SCRIPTS)
 
     def settle_command(self, settle: list | None, event: dict) -> tuple:
         """One script call: the settlement (if the request was admitted) and the request's
@@ -254,7 +272,7 @@ class Limiter:
         keys = [*keys, served_key(event["org_id"], event["ended_at_ms"])]
         tokens = event["input_tokens"] + event["output_tokens"]
         args = [*args[:6], event["key_id"], tokens, SERVED_TTL_SECONDS]
-        return ("EVALSHA", self._settle.sha, len(keys), *keys, *args)
+        return ("EVALSHA", SETTLE_SHA, len(keys), *keys, *args)
 
     async def admit(
         self, record: KeyRecord, *, estimated_tokens: int, reserved_cost: int
@@ -263,10 +281,7 @@ class Limiter:
         keys, args = _plan(record.org_id, record.key_id, record.key_limits, record.org_limits)
         lease = _leases.next()
         call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, *args]
-        if self.batcher is not None:
-            result = await self.batcher.call(self._admit.sha, keys, call_args)
-        else:
-            result = await self._admit(keys=keys, args=call_args)
+        result = await self.batcher.call(ADMIT_SHA, keys, call_args)
         if int(result[0]) == 0:
             kind = result[2].decode() if isinstance(result[2], bytes) else result[2]
             limit, remaining = int(result[4]), int(result[5])
@@ -301,6 +316,7 @@ class Limiter:
             admission.window,
         ]
 
-    async def settle(self, admission: Admission, *, tokens: int, cost: int, client=None) -> None:
+    async def settle(self, admission: Admission, *, tokens: int, cost: int) -> None:
+        """Settle one request on its own (the edge batches settlements with settle_command)."""
         keys, args = self.settle_args(admission, tokens=tokens, cost=cost)
-        await self._settle(keys=keys, args=args, client=client)
+        await self.batcher.call(SETTLE_SHA, keys, args)

@@ -7,8 +7,10 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from edge.limits import ADMIT, BUDGET_TTL_SECONDS, MONTH_OF, Admission, Limiter, Refusal, _duration
+from edge.batching import ScriptBatcher
+from edge.limits import ADMIT, BUDGET_TTL_SECONDS, MONTH_OF, SCRIPTS, Admission, Limiter, Refusal, _duration
 from edge.records import KeyRecord, Limits
+from edge.resp import RespConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +35,24 @@ async def redis(settings):
     client = aioredis.Redis.from_url(settings.REDIS_URL)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def connection(settings):
+    """The edge's own pipelined connection, which the limiter's batcher sends on."""
+    resp = RespConnection(settings.REDIS_URL)
+    yield resp
+    resp.close()
+
+
+@pytest.fixture
+def make_limiter(redis, connection):
+    """A limiter as the edge builds it: its scripts go through a ScriptBatcher."""
+
+    def make(lease_ttl_seconds: int = 600) -> Limiter:
+        return Limiter(redis, lease_ttl_seconds, ScriptBatcher(connection, SCRIPTS))
+
+    return make
 
 
 def record(key: Limits = NO_LIMITS, org: Limits = NO_LIMITS) -> KeyRecord:
@@ -79,8 +99,10 @@ async def fields(redis, name: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await redis.hgetall(name)).items()}
 
 
-async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organization_scopes(redis):
-    limiter = Limiter(redis, 600)
+async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organization_scopes(
+    redis, make_limiter
+):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     before = await redis_ms(redis)
     admission = await limiter.admit(
@@ -110,14 +132,16 @@ async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organi
     }
 
 
-async def test_admission_without_any_limit_sends_no_ratelimit_headers(redis):
-    admission = await Limiter(redis, 600).admit(record(), estimated_tokens=10, reserved_cost=0)
+async def test_admission_without_any_limit_sends_no_ratelimit_headers(redis, make_limiter):
+    admission = await make_limiter().admit(record(), estimated_tokens=10, reserved_cost=0)
     assert isinstance(admission, Admission)
     assert admission.headers == []
 
 
-async def test_settlement_replaces_the_estimate_and_the_reservation_with_the_real_figures(redis):
-    limiter = Limiter(redis, 600)
+async def test_settlement_replaces_the_estimate_and_the_reservation_with_the_real_figures(
+    redis, make_limiter
+):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     admission = await limiter.admit(
         record(
@@ -144,8 +168,8 @@ async def test_settlement_replaces_the_estimate_and_the_reservation_with_the_rea
     assert await redis.zcard(ORG_CONC) == 0
 
 
-async def test_settlement_above_the_estimate_adds_the_difference(redis):
-    limiter = Limiter(redis, 600)
+async def test_settlement_above_the_estimate_adds_the_difference(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     admission = await limiter.admit(record(limits(tpm=10_000)), estimated_tokens=50, reserved_cost=500)
     await limiter.settle(admission, tokens=80, cost=900)
@@ -153,8 +177,8 @@ async def test_settlement_above_the_estimate_adds_the_difference(redis):
     assert await fields(redis, BUDGET) == {admission.month: 900}
 
 
-async def test_settlement_after_the_window_was_dropped_does_not_recreate_its_tokens(redis):
-    limiter = Limiter(redis, 600)
+async def test_settlement_after_the_window_was_dropped_does_not_recreate_its_tokens(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     admission = await limiter.admit(record(limits(tpm=10_000)), estimated_tokens=50, reserved_cost=0)
     # Two windows later the admission's fields are gone; a late settlement must not revive them.
@@ -163,8 +187,8 @@ async def test_settlement_after_the_window_was_dropped_does_not_recreate_its_tok
     assert await fields(redis, RL) == {}
 
 
-async def test_requests_per_minute_refusal_moves_no_counter(redis):
-    limiter = Limiter(redis, 600)
+async def test_requests_per_minute_refusal_moves_no_counter(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     rec = record(limits(rpm=2, concurrency=5), limits(rpm=100, concurrency=50))
     for _ in range(2):
@@ -180,8 +204,8 @@ async def test_requests_per_minute_refusal_moves_no_counter(redis):
     assert await redis.zcard(ORG_CONC) == 2
 
 
-async def test_organization_refusal_names_the_organization_and_leaves_the_key_untouched(redis):
-    limiter = Limiter(redis, 600)
+async def test_organization_refusal_names_the_organization_and_leaves_the_key_untouched(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     rec = record(limits(rpm=100), limits(rpm=1))
     assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=0), Admission)
@@ -196,8 +220,8 @@ async def test_organization_refusal_names_the_organization_and_leaves_the_key_un
     assert (await fields(redis, RL))[f"r:{win}"] == 1
 
 
-async def test_tokens_per_minute_refuses_the_estimate_that_does_not_fit(redis):
-    limiter = Limiter(redis, 600)
+async def test_tokens_per_minute_refuses_the_estimate_that_does_not_fit(redis, make_limiter):
+    limiter = make_limiter()
     await fresh_window(redis)
     rec = record(limits(tpm=1000))
     for _ in range(3):
@@ -209,8 +233,8 @@ async def test_tokens_per_minute_refuses_the_estimate_that_does_not_fit(redis):
     assert isinstance(await limiter.admit(rec, estimated_tokens=85, reserved_cost=0), Admission)
 
 
-async def test_budget_compares_millionths_of_a_cent_with_a_cap_in_cents(redis):
-    limiter = Limiter(redis, 600)
+async def test_budget_compares_millionths_of_a_cent_with_a_cap_in_cents(redis, make_limiter):
+    limiter = make_limiter()
     rec = record(limits(budget_minor=10))  # 10 cents == 10_000_000 millionths
     first = await limiter.admit(rec, estimated_tokens=1, reserved_cost=6_000_000)
     assert isinstance(first, Admission)
@@ -227,8 +251,8 @@ async def test_budget_compares_millionths_of_a_cent_with_a_cap_in_cents(redis):
     assert await fields(redis, BUDGET) == {await redis_month(redis): 10_000_000}
 
 
-async def test_organization_budget_is_shared_by_its_keys(redis):
-    limiter = Limiter(redis, 600)
+async def test_organization_budget_is_shared_by_its_keys(redis, make_limiter):
+    limiter = make_limiter()
     org = limits(budget_minor=1)
     first = record(org=org)
     second = dataclasses.replace(first, key_id="key_other")
@@ -239,8 +263,8 @@ async def test_organization_budget_is_shared_by_its_keys(redis):
     assert await fields(redis, ORG_BUDGET) == {await redis_month(redis): 700_000}
 
 
-async def test_previous_window_counts_with_the_weight_of_its_remaining_overlap(redis):
-    limiter = Limiter(redis, 600)
+async def test_previous_window_counts_with_the_weight_of_its_remaining_overlap(redis, make_limiter):
+    limiter = make_limiter()
     rec = record(limits(rpm=1000))
     while True:
         win = await fresh_window(redis, margin_ms=1000)
@@ -259,8 +283,8 @@ async def test_previous_window_counts_with_the_weight_of_its_remaining_overlap(r
     assert remaining < 999  # the previous window was counted at all
 
 
-async def test_previous_window_full_refuses_now(redis):
-    limiter = Limiter(redis, 600)
+async def test_previous_window_full_refuses_now(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis, margin_ms=2000)
     # 1000 requests last minute weigh at least 10 until the last 0.6s of this one.
     await redis.hset(RL, f"r:{win - 1}", 1000)
@@ -269,8 +293,8 @@ async def test_previous_window_full_refuses_now(redis):
     assert (refusal.kind, refusal.limit, refusal.remaining) == ("requests", 10, 0)
 
 
-async def test_windows_older_than_the_previous_one_are_ignored_and_dropped(redis):
-    limiter = Limiter(redis, 600)
+async def test_windows_older_than_the_previous_one_are_ignored_and_dropped(redis, make_limiter):
+    limiter = make_limiter()
     win = await fresh_window(redis)
     await redis.hset(RL, mapping={f"r:{win - 2}": 1000, f"t:{win - 2}": 99_999})
     admission = await limiter.admit(record(limits(rpm=10, tpm=1000)), estimated_tokens=5, reserved_cost=0)
@@ -314,8 +338,8 @@ async def test_raw_script_results_have_fixed_shapes(redis):
     assert await fields(redis, BUDGET) == {await redis_month(redis): 5}
 
 
-async def test_expired_lease_frees_its_concurrency_slot(redis):
-    limiter = Limiter(redis, 1)
+async def test_expired_lease_frees_its_concurrency_slot(redis, make_limiter):
+    limiter = make_limiter(1)
     rec = record(limits(concurrency=1))
     held = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
     assert isinstance(held, Admission)
@@ -331,8 +355,8 @@ async def test_expired_lease_frees_its_concurrency_slot(redis):
     assert await redis.zrange(CONC, 0, -1) == [freed.lease.encode()]
 
 
-async def test_settlement_releases_the_lease_at_once(redis):
-    limiter = Limiter(redis, 600)
+async def test_settlement_releases_the_lease_at_once(redis, make_limiter):
+    limiter = make_limiter()
     rec = record(limits(concurrency=1))
     held = await limiter.admit(rec, estimated_tokens=1, reserved_cost=0)
     assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=0), Refusal)
@@ -364,10 +388,8 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     import orjson
 
     from edge.app import Edge
-    from edge.batching import ScriptBatcher
     from edge.config import EdgeConfig, Route, Upstream
     from edge.metering import new_event
-    from edge.resp import RespConnection
 
     config = EdgeConfig(
         redis_url=settings.REDIS_URL,
@@ -378,8 +400,7 @@ async def test_a_spooled_settlement_is_applied_on_replay(redis, settings, tmp_pa
     edge = Edge(config)
     edge.redis = redis
     edge.resp = RespConnection(settings.REDIS_URL)
-    edge.limiter = Limiter(redis, lease_ttl_seconds=600)
-    edge.limiter.batcher = ScriptBatcher(edge.resp, edge.limiter.scripts())
+    edge.limiter = Limiter(redis, 600, ScriptBatcher(edge.resp, SCRIPTS))
     admission = await edge.limiter.admit(
         record(key=limits(concurrency=1, budget_minor=100)), estimated_tokens=100, reserved_cost=5_000_000
     )
