@@ -37,6 +37,28 @@ local function month_of(seconds)
 end
 """
 
+# Every number the scripts keep is a whole number below 2^53: exact in a Lua double, valid for
+# Redis's integer commands. Requests are bounded on the way in (edge.metering, Limiter.admit),
+# limits and budgets where the scripts read them; counters saturate at MAX_COUNT.
+MAX_COUNT = 2**53 - 1
+MAX_LIMIT = 10**12  # rpm, tpm, concurrency: a larger limit is held at this (unlimited in practice)
+MAX_TOKENS = 10**12  # one request's estimated or settled tokens
+MAX_COST = 10**15  # one request's reserved or settled cost, millionths of a cent (10 million units)
+MAX_BUDGET = MAX_COUNT - MAX_COST  # a monthly cap in millionths of a cent (about 80 million units)
+MAX_LEASE_TTL_MS = 30 * 24 * 3600 * 1000
+MAX_SCOPES = 8
+
+# A stored counter as a bounded whole number: missing or unreadable reads 0 (and is overwritten
+# by the next write), above MAX_COUNT reads MAX_COUNT.
+COUNTER = f"""
+local MAX_COUNT = {MAX_COUNT}
+local function counter(key, field)
+  local v = tonumber(redis.call('HGET', key, field))
+  if v == nil or v ~= v or v < 0 then return 0 end
+  return math.min(math.floor(v), MAX_COUNT)
+end
+"""
+
 ADMIT = (
     MONTH_OF
     + """
@@ -105,33 +127,54 @@ return out
 """.replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
 )
 
-SETTLE = """
-local n = tonumber(ARGV[1])
-local token_delta = tonumber(ARGV[2])
-local cost_delta = tonumber(ARGV[3])
+SETTLE = (
+    COUNTER
+    + """
+-- Never fails, whatever the arguments: a settlement that failed would be spooled and replayed
+-- for ever. Numbers are read as bounded integers, unreadable ones as 0.
+local function int(value, lo, hi)
+  local v = tonumber(value)
+  if v == nil or v ~= v then return 0 end
+  return math.max(lo, math.min(hi, math.floor(v)))
+end
+local n = int(ARGV[1], 0, math.floor(#KEYS / 3))
+local token_delta = int(ARGV[2], -MAX_COUNT, MAX_COUNT)
+local cost_delta = int(ARGV[3], -MAX_COUNT, MAX_COUNT)
 local lease = ARGV[4]
 local month = ARGV[5]
 local win = ARGV[6]
+-- Move a counter by delta, never below 0: a Redis that restarted empty while the request ran
+-- lost what it had reserved, and giving back more than is there would let the next requests
+-- overshoot the limit or the budget.
+local function move(key, field, delta)
+  local old = counter(key, field)
+  local new = math.max(0, math.min(MAX_COUNT, old + delta))
+  if new ~= old then
+    redis.call('HSET', key, field, new)
+    return true
+  end
+  return false
+end
 for i = 0, n - 1 do
   local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
   if token_delta ~= 0 and redis.call('HEXISTS', rl, 'r:' .. win) == 1 then
-    redis.call('HINCRBY', rl, 't:' .. win, token_delta)
+    move(rl, 't:' .. win, token_delta)
   end
   redis.call('ZREM', cz, lease)
-  if cost_delta ~= 0 then
-    redis.call('HINCRBY', bk, month, cost_delta)
+  if cost_delta ~= 0 and move(bk, month, cost_delta) then
     redis.call('EXPIRE', bk, BUDGET_TTL)
   end
 end
 -- Optionally count the request in the edge's served counters (same hash slot).
 if #KEYS > 3 * n then
   local served = KEYS[3 * n + 1]
-  redis.call('HINCRBY', served, ARGV[7] .. ':requests', 1)
-  redis.call('HINCRBY', served, ARGV[7] .. ':tokens', tonumber(ARGV[8]))
-  redis.call('EXPIRE', served, tonumber(ARGV[9]))
+  move(served, ARGV[7] .. ':requests', 1)
+  move(served, ARGV[7] .. ':tokens', int(ARGV[8], 0, MAX_COUNT))
+  redis.call('EXPIRE', served, int(ARGV[9], 1, BUDGET_TTL))
 end
 return 1
 """.replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
+)
 
 SERVED_TTL_SECONDS = 8 * 24 * 3600
 
@@ -155,8 +198,13 @@ def _scope_keys(org_id: int, scope: str) -> list[str]:
     return [f"tg:rl:{tag}:{scope}", f"tg:conc:{tag}:{scope}", f"tg:budget:{tag}:{scope}"]
 
 
-def _as_arg(value: int | None) -> int:
-    return -1 if value is None else int(value)
+def _bounded(value: int, high: int) -> int:
+    return min(max(int(value), 0), high)
+
+
+def _as_arg(value: int | None, high: int) -> int:
+    """A limit for the script: -1 for none, else held within [0, high]."""
+    return -1 if value is None else _bounded(value, high)
 
 
 class _Leases:
@@ -184,13 +232,13 @@ def _plan(org_id: int, key_id: str, key_limits: Limits, org_limits: Limits) -> t
     args: list = []
     for scope, limits in (("k:" + key_id, key_limits), ("org", org_limits)):
         keys += _scope_keys(org_id, scope)
-        budget = _as_arg(limits.budget_minor)
         # Budgets are in cents; reservations in millionths of a cent.
+        budget = limits.budget_minor
         args += [
-            _as_arg(limits.rpm),
-            _as_arg(limits.tpm),
-            _as_arg(limits.concurrency),
-            budget * 1_000_000 if budget >= 0 else budget,
+            _as_arg(limits.rpm, MAX_LIMIT),
+            _as_arg(limits.tpm, MAX_LIMIT),
+            _as_arg(limits.concurrency, MAX_LIMIT),
+            _as_arg(None if budget is None else int(budget) * 1_000_000, MAX_BUDGET),
         ]
     return tuple(keys), tuple(args)
 
@@ -257,6 +305,8 @@ class Limiter:
     """
 
     def __init__(self, redis, lease_ttl_seconds: int, batcher: ScriptBatcher | None = None):
+        if not 1 <= lease_ttl_seconds * 1000 <= MAX_LEASE_TTL_MS:
+            raise ValueError(f"lease_ttl_seconds must be from 1 to {MAX_LEASE_TTL_MS // 1000}")
         self.lease_ttl_ms = lease_ttl_seconds * 1000
         self.batcher = batcher
 
@@ -270,7 +320,7 @@ class Limiter:
         count in the served counters. The script is loaded at start (see ScriptBatcher)."""
         keys, args = settle if settle is not None else ([], [0, 0, 0, "", "", 0])
         keys = [*keys, served_key(event["org_id"], event["ended_at_ms"])]
-        tokens = event["input_tokens"] + event["output_tokens"]
+        tokens = _bounded(event["input_tokens"] + event["output_tokens"], MAX_TOKENS)
         args = [*args[:6], event["key_id"], tokens, SERVED_TTL_SECONDS]
         return ("EVALSHA", SETTLE_SHA, len(keys), *keys, *args)
 
@@ -279,6 +329,8 @@ class Limiter:
     ) -> Admission | Refusal:
         scopes = (("key", record.key_limits), ("organization", record.org_limits))
         keys, args = _plan(record.org_id, record.key_id, record.key_limits, record.org_limits)
+        estimated_tokens = _bounded(estimated_tokens, MAX_TOKENS)
+        reserved_cost = _bounded(reserved_cost, MAX_COST)
         lease = _leases.next()
         call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, *args]
         result = await self.batcher.call(ADMIT_SHA, keys, call_args)
@@ -307,6 +359,8 @@ class Limiter:
         )
 
     def settle_args(self, admission: Admission, *, tokens: int, cost: int) -> tuple[list[str], list]:
+        tokens = _bounded(tokens, MAX_TOKENS)
+        cost = _bounded(cost, MAX_COST)
         return admission.keys, [
             len(admission.keys) // 3,
             tokens - admission.estimated_tokens,

@@ -8,7 +8,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from edge.batching import ScriptBatcher
-from edge.limits import ADMIT, BUDGET_TTL_SECONDS, MONTH_OF, SCRIPTS, Admission, Limiter, Refusal, _duration
+from edge.limits import (
+    ADMIT,
+    BUDGET_TTL_SECONDS,
+    MAX_COST,
+    MAX_COUNT,
+    MAX_TOKENS,
+    MONTH_OF,
+    SCRIPTS,
+    SETTLE_SHA,
+    Admission,
+    Limiter,
+    Refusal,
+    _duration,
+)
 from edge.records import KeyRecord, Limits
 from edge.resp import RespConnection
 
@@ -475,3 +488,80 @@ def test_lease_ids_do_not_repeat():
 
     ids = {_leases.next() for _ in range(10_000)}
     assert len(ids) == 10_000
+
+
+async def test_settlement_after_redis_lost_its_counters_never_drives_them_below_zero(redis, make_limiter):
+    """Redis restarted empty while a request ran: its settlement gives back nothing that is not there."""
+    limiter = make_limiter()
+    rec = record(limits(tpm=10_000, budget_minor=10))  # 10 cents == 10_000_000 millionths
+    win = await fresh_window(redis)
+    before_restart = await limiter.admit(rec, estimated_tokens=305, reserved_cost=6_000_000)
+    assert isinstance(before_restart, Admission)
+    await redis.flushdb()  # the restart: every counter and lease is gone
+    after_restart = await limiter.admit(rec, estimated_tokens=100, reserved_cost=2_000_000)
+    assert isinstance(after_restart, Admission)
+
+    # The first request ends: 17 tokens against 305 estimated, 1 million against 6 reserved.
+    await limiter.settle(before_restart, tokens=17, cost=1_000_000)
+
+    # Without the floor the tokens would read 100 - 288 and the spend 2 - 5 million: negative.
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 0}
+    assert await fields(redis, BUDGET) == {after_restart.month: 0}
+    await limiter.settle(after_restart, tokens=100, cost=2_000_000)
+    assert await fields(redis, BUDGET) == {after_restart.month: 0}
+    # So the cap holds: 10 cents admit one 6-cent reservation (at -3 million, two would fit)...
+    assert isinstance(await limiter.admit(rec, estimated_tokens=1, reserved_cost=6_000_000), Admission)
+    # ...and not a second one.
+    refusal = await limiter.admit(rec, estimated_tokens=1, reserved_cost=6_000_000)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.limit, refusal.remaining) == ("budget", 10, 4)
+
+
+async def test_settlement_of_a_missing_budget_field_writes_nothing(redis, make_limiter):
+    limiter = make_limiter()
+    admission = await limiter.admit(record(limits(budget_minor=10)), estimated_tokens=1, reserved_cost=500)
+    await redis.delete(BUDGET)
+    await limiter.settle(admission, tokens=1, cost=100)
+    assert await redis.exists(BUDGET) == 0
+
+
+async def test_settlement_with_unbounded_arguments_saturates_instead_of_failing(
+    redis, make_limiter, connection
+):
+    """A settlement spooled by an older edge may carry any number: the script must still succeed
+    (a failing one would be spooled and replayed for ever) and keep every counter in bounds."""
+    limiter = make_limiter()
+    win = await fresh_window(redis)
+    admission = await limiter.admit(
+        record(limits(tpm=10_000, budget_minor=10)), estimated_tokens=50, reserved_cost=500
+    )
+    month = admission.month
+    served = f"tg:served:{{o:{ORG_ID}}}:1"
+    keys = [*admission.keys, served]
+    args = [2, -(10**18), -(10**30), admission.lease, month, win, KEY_ID, 10**30, 10**30]
+    [result] = await connection.execute([("EVALSHA", SETTLE_SHA, len(keys), *keys, *args)])
+    assert result == 1
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 0}
+    assert await redis.hget(BUDGET, month) == b"0"
+    assert await fields(redis, served) == {f"{KEY_ID}:requests": 1, f"{KEY_ID}:tokens": MAX_COUNT}
+
+    args = [2, 10**30, "not a number", admission.lease, month, win, KEY_ID, "x", "y"]
+    [result] = await connection.execute([("EVALSHA", SETTLE_SHA, len(keys), *keys, *args)])
+    assert result == 1
+    assert (await fields(redis, RL))[f"t:{win}"] == MAX_COUNT
+    assert await redis.hget(BUDGET, month) == b"0"
+
+
+async def test_settle_command_and_arguments_hold_real_figures_within_bounds(redis, make_limiter):
+    limiter = make_limiter()
+    admission = await limiter.admit(record(limits(tpm=10_000)), estimated_tokens=10**20, reserved_cost=10**30)
+    assert isinstance(admission, Refusal)  # 10^12 tokens (the bound) do not fit in 10_000
+    admission = await limiter.admit(record(), estimated_tokens=10**20, reserved_cost=10**30)
+    assert (admission.estimated_tokens, admission.reserved_cost) == (MAX_TOKENS, MAX_COST)
+    _keys, args = limiter.settle_args(admission, tokens=10**25, cost=-5)
+    assert args[1:3] == [0, -MAX_COST]
+    command = limiter.settle_command(
+        None,
+        {"org_id": ORG_ID, "key_id": KEY_ID, "ended_at_ms": 0, "input_tokens": 10**25, "output_tokens": 1},
+    )
+    assert command[-2] == MAX_TOKENS
