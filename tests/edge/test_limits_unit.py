@@ -6,6 +6,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from edge.batching import ScriptBatcher
 from edge.limits import (
@@ -138,10 +139,11 @@ async def test_admission_counts_one_request_and_its_tokens_in_the_key_and_organi
     assert headers[b"x-ratelimit-remaining-requests"] == b"4"
     assert headers[b"x-ratelimit-limit-tokens"] == b"1000"
     assert headers[b"x-ratelimit-remaining-tokens"] == b"695"
-    # Both reset when this window ends.
+    # Both replenish fully when the next window ends (this one's count weighs fully until it
+    # ends, then decays over the next).
     assert headers[b"x-ratelimit-reset-requests"] == headers[b"x-ratelimit-reset-tokens"]
     assert headers[b"x-ratelimit-reset-requests"].decode() in {
-        _duration(60_000 - now % 60_000) for now in range(before, after + 1)
+        _duration(120_000 - now % 60_000) for now in range(before, after + 1)
     }
 
 
@@ -206,10 +208,14 @@ async def test_requests_per_minute_refusal_moves_no_counter(redis, make_limiter)
     rec = record(limits(rpm=2, concurrency=5), limits(rpm=100, concurrency=50))
     for _ in range(2):
         assert isinstance(await limiter.admit(rec, estimated_tokens=10, reserved_cost=0), Admission)
+    before = await redis_ms(redis)
     refusal = await limiter.admit(rec, estimated_tokens=10, reserved_cost=0)
+    after = await redis_ms(redis)
     assert isinstance(refusal, Refusal)
     assert (refusal.scope, refusal.kind, refusal.limit, refusal.remaining) == ("key", "requests", 2, 0)
-    assert 0 < refusal.reset_ms <= 60_000
+    # Not the next minute: there the two requests still weigh 2 * (1 - elapsed/60000), which
+    # leaves room for one more only half-way through it.
+    assert 90_001 - after % 60_000 <= refusal.reset_ms <= 90_001 - before % 60_000
     # Atomic: the refused request counted nowhere, took no lease.
     assert await fields(redis, RL) == {f"r:{win}": 2, f"t:{win}": 20}
     assert await fields(redis, ORG_RL) == {f"r:{win}": 2, f"t:{win}": 20}
@@ -323,11 +329,16 @@ async def test_raw_script_results_have_fixed_shapes(redis):
     def args(rpm, tpm, conc, cap, est=10, cost=5):
         return [1, est, cost, "lease-1", 60_000, rpm, tpm, conc, cap]
 
+    before = await redis_ms(redis)
     admitted = await script(keys=keys, args=args(5, 100, 2, 1000))
+    # {1, window, month, then per scope: remaining requests, remaining tokens, reset requests, reset tokens}
     assert admitted[:3] == [1, win, (await redis_month(redis)).encode()]
     assert admitted[3:5] == [4, 90]  # remaining requests and tokens after this one
-    assert 0 < admitted[5] <= 60_000
-    assert len(admitted) == 6
+    # Both fully replenish when the next window ends: this one's count weighs fully until it
+    # ends, then decays over the next.
+    assert admitted[5] == admitted[6]
+    assert 60_000 < admitted[5] <= 120_000 - before % 60_000
+    assert len(admitted) == 7
 
     refusals = {
         "requests": args(1, -1, -1, -1),
@@ -336,16 +347,19 @@ async def test_raw_script_results_have_fixed_shapes(redis):
         "budget": args(-1, -1, -1, 9),
     }
     results = {kind: await script(keys=keys, args=call_args) for kind, call_args in refusals.items()}
-    # {0, scope index, kind, reset ms, limit, remaining}
+    after = await redis_ms(redis)
+    # {0, scope index, kind, wait ms, limit, remaining, requested}
     for kind, refused in results.items():
         assert refused[:3] == [0, 0, kind.encode()]
-        assert len(refused) == 6
+        assert len(refused) == 7
+    # This window holds the whole limit: the request fits only once the next window has let all
+    # of it go, at the end of the next window (plus 1 ms to spare).
     for kind in ("requests", "tokens"):
-        assert 0 < results[kind][3] <= admitted[5]
-    assert results["requests"][4:] == [1, 0]
-    assert results["tokens"][4:] == [10, 0]
-    assert results["concurrency"][3:] == [1000, 1, 0]
-    assert results["budget"][3:] == [0, 9, 4]
+        assert 120_001 - after % 60_000 <= results[kind][3] <= 120_001 - before % 60_000
+    assert results["requests"][4:] == [1, 0, 1]
+    assert results["tokens"][4:] == [10, 0, 10]
+    assert results["concurrency"][3:] == [1000, 1, 0, 1]
+    assert results["budget"][3:] == [0, 9, 4, 5]
     # Refusals moved nothing.
     assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": 10}
     assert await fields(redis, BUDGET) == {await redis_month(redis): 5}
@@ -565,3 +579,69 @@ async def test_settle_command_and_arguments_hold_real_figures_within_bounds(redi
         {"org_id": ORG_ID, "key_id": KEY_ID, "ended_at_ms": 0, "input_tokens": 10**25, "output_tokens": 1},
     )
     assert command[-2] == MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("position", "value"),
+    [
+        (1, 0),  # no scope
+        (1, 9),  # more scopes than keys
+        (2, 10**18),  # estimated tokens past the bound (the issue's max_tokens)
+        (2, -1),
+        (2, 1.5),
+        (3, 10**16),  # reserved cost past the bound
+        (3, "x"),
+        (5, 0),  # lease TTL
+        (10, 10**13),  # the organization's rpm past the bound: after the key's scope was read
+        (13, 10**16),  # the organization's cap past the bound
+        (13, -2),
+    ],
+)
+async def test_admission_with_an_argument_out_of_bounds_fails_before_writing_anything(redis, position, value):
+    script = redis.register_script(ADMIT)
+    keys = [RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET]
+    args = [2, 10, 5, "lease-1", 60_000, 5, 100, 2, 1000, 5, 100, 2, 1000]
+    args[position - 1] = value
+
+    with pytest.raises(ResponseError, match=f"tollgate admit: argument {position} is not a whole number"):
+        await script(keys=keys, args=args)
+
+    assert await redis.exists(*keys) == 0
+
+
+async def test_admission_reads_an_unreadable_counter_as_zero_and_overwrites_it(redis, make_limiter):
+    limiter = make_limiter()
+    win = await fresh_window(redis)
+    await redis.hset(RL, mapping={f"r:{win}": "abc", f"t:{win}": "1.5e400", f"r:{win - 1}": "-4"})
+    await redis.hset(BUDGET, await redis_month(redis), "nan")
+
+    admission = await limiter.admit(
+        record(limits(rpm=5, budget_minor=1)), estimated_tokens=7, reserved_cost=9
+    )
+
+    assert isinstance(admission, Admission)
+    # "1.5e400" is infinite: read at the counters' ceiling, where the sum stays.
+    assert await fields(redis, RL) == {f"r:{win}": 1, f"t:{win}": MAX_COUNT, f"r:{win - 1}": -4}
+    assert await fields(redis, BUDGET) == {admission.month: 9}
+
+
+async def test_counters_at_their_ceiling_saturate_instead_of_overflowing(redis, make_limiter):
+    limiter = make_limiter()
+    win = await fresh_window(redis)
+    month = await redis_month(redis)
+    await redis.hset(RL, mapping={f"r:{win}": MAX_COUNT, f"t:{win}": MAX_COUNT})
+    await redis.hset(BUDGET, month, MAX_COUNT)
+
+    admission = await limiter.admit(record(), estimated_tokens=MAX_TOKENS, reserved_cost=MAX_COST)
+
+    assert isinstance(admission, Admission)
+    assert await fields(redis, RL) == {f"r:{win}": MAX_COUNT, f"t:{win}": MAX_COUNT}
+    assert await fields(redis, BUDGET) == {month: MAX_COUNT}
+
+
+def test_limits_and_budgets_beyond_the_bounds_are_held_at_them():
+    from edge.limits import MAX_BUDGET, MAX_LIMIT, _plan
+
+    huge = Limits(rpm=10**20, tpm=10**13, concurrency=-5, budget_minor=10**12)
+    _keys, args = _plan(ORG_ID, "key_huge", huge, NO_LIMITS)
+    assert args == (MAX_LIMIT, MAX_LIMIT, 0, MAX_BUDGET, -1, -1, -1, -1)
