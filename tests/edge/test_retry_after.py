@@ -32,17 +32,30 @@ def redis(settings):
 def admit_at(redis):
     """Return ``admit(now_ms, ...)``: the script's answer at ``now_ms`` for the key's limits (and
     the organization's, ``org``: [rpm, tpm, concurrency, cap]), on rate hashes holding exactly
-    ``seed`` (and ``org_seed``)."""
+    ``seed`` (and ``org_seed``), and ``leases`` requests in flight on the key."""
     script = redis.register_script(ADMIT_AT + "return admit(tonumber(ARGV[#ARGV]))")
 
     def admit(
-        now_ms: int, *, rpm=-1, tpm=-1, conc=-1, cap=-1, est=0, cost=0, seed=None, org=None, org_seed=None
+        now_ms: int,
+        *,
+        rpm=-1,
+        tpm=-1,
+        conc=-1,
+        cap=-1,
+        est=0,
+        cost=0,
+        seed=None,
+        org=None,
+        org_seed=None,
+        leases=0,
     ):
         redis.delete(RL, CONC, BUDGET, ORG_RL, ORG_CONC, ORG_BUDGET)
         if seed:
             redis.hset(RL, mapping=seed)
         if org_seed:
             redis.hset(ORG_RL, mapping=org_seed)
+        for lease in range(leases):
+            redis.zadd(CONC, {f"held-{lease}": now_ms + 60_000})
         keys = [RL, CONC, BUDGET]
         limits = [rpm, tpm, conc, cap]
         if org is not None:
@@ -252,3 +265,16 @@ def test_admitted_requests_state_when_their_scope_has_fully_replenished(admit_at
     assert admitted[3:] == [-1, 775, 105_000, 45_000]
     admitted = admit_at(now, tpm=1_000, est=0)
     assert admitted[3:] == [-1, 1_000, 105_000, 0]
+
+
+def test_a_concurrency_refusal_waits_a_second_or_what_a_broken_rate_limit_needs(admit_at):
+    now = WINDOW * 60_000 + 10_000
+    assert admit_at(now, conc=1, leases=1) == [0, 0, b"concurrency", 1_000, 1, 0, 1]
+    # The tokens limit is broken too (it would refuse the request once the lease is gone) and
+    # needs 20 s: retrying after 1 s would be refused again.
+    refused = admit_at(now, tpm=1_000, conc=1, est=500, leases=1, seed=seed("tokens", 0, 1_000))
+    assert refused == [0, 0, b"tokens", 20_001, 1_000, 166, 500]
+    refused = admit_at(
+        now, rpm=5, conc=1, est=500, leases=1, org=[-1, 1_000, -1, -1], org_seed=seed("tokens", 0, 1_000)
+    )
+    assert refused == [0, 0, b"concurrency", 20_001, 1, 0, 1]
