@@ -13,11 +13,10 @@ import statistics
 import time
 from urllib.parse import urlparse
 
-import redis.asyncio as aioredis
 import uvloop
 
 from edge.batching import ScriptBatcher
-from edge.limits import Limiter
+from edge.limits import SCRIPTS, Limiter
 from edge.records import KeyRecord, Limits
 from edge.resp import RespConnection
 
@@ -42,8 +41,7 @@ def blocking(host: str, port: int, gap: float) -> float:
 
 async def looped(url: str, gap: float) -> tuple[float, float]:
     connection = RespConnection(url)
-    limiter = Limiter(aioredis.Redis.from_url(url), 600)
-    limiter.batcher = ScriptBatcher(connection, limiter.scripts())
+    limiter = Limiter(ScriptBatcher(connection, SCRIPTS), 600)
     await limiter.batcher.load()
     unlimited = Limits(rpm=10**9, tpm=10**12, concurrency=10**6, budget_minor=10**12)
     record = KeyRecord("key_rtt", 0, "active", "test", "active", None, None, (), (), unlimited, unlimited)

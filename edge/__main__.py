@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge.config import ConfigError, load_config
+from edge.config import MASTER_PID_ENV, ConfigError, load_config
 
 
 def main(argv=None) -> int:
@@ -31,6 +31,12 @@ def main(argv=None) -> int:
     metrics_dir.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(message)s")
+    if workers > 1:
+        # Workers stop when this process is gone (edge/app.py); they read its pid from here, as
+        # one may start only after it died.
+        os.environ[MASTER_PID_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(MASTER_PID_ENV, None)
 
     import uvicorn
 

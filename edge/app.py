@@ -23,10 +23,10 @@ from edge.accesslog import AccessLog
 from edge.admission import Admitter, Prices
 from edge.auth import Authenticator, header
 from edge.batching import ScriptBatcher
-from edge.config import EdgeConfig
+from edge.config import MASTER_PID_ENV, EdgeConfig
 from edge.errors import EdgeError
 from edge.journal import Journal
-from edge.limits import Limiter
+from edge.limits import SCRIPTS, Limiter
 from edge.meter import Meter, MeteredRequest
 from edge.metering import uuid7
 from edge.proxy import Exchange, UpstreamPool, forward_headers
@@ -66,8 +66,8 @@ class Edge:
             config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
         )
         self.resp = RespConnection(config.redis_url)
-        self.limiter = Limiter(self.redis, config.lease_ttl_seconds)
-        self.limiter.batcher = batcher = ScriptBatcher(self.resp, self.limiter.scripts())
+        batcher = ScriptBatcher(self.resp, SCRIPTS)
+        self.limiter = Limiter(batcher, config.lease_ttl_seconds)
         data_plane = DataPlane(batcher)
         self.auth = Authenticator(config, data_plane)
         self.prices = Prices(data_plane, config.stale_auth_seconds)
@@ -81,14 +81,17 @@ class Edge:
         except OSError:
             pass  # Redis may be down at start; scripts are loaded again on first use
         self.tracing.start()
-        _exit_with_parent()
+        master = int(os.environ.get(MASTER_PID_ENV) or 0)
+        if master:
+            _exit_with_parent()
         self._background = [
             asyncio.create_task(self._listen_invalidations()),
             asyncio.create_task(self.spool.run_fsync()),
             asyncio.create_task(self.access_log.run()),
             asyncio.create_task(self.publisher.run_replay()),
-            asyncio.create_task(_stop_when_orphaned(os.getppid())),
         ]
+        if master:
+            self._background.append(asyncio.create_task(_stop_when_orphaned(master)))
         # Load the tokenizer now, off the event loop, rather than on the first request that
         # needs an estimate (loading blocks for a few hundred milliseconds).
         from edge.metering import count_tokens
@@ -327,14 +330,15 @@ def _exit_with_parent() -> None:
         pass  # not Linux: _stop_when_orphaned covers it
 
 
-async def _stop_when_orphaned(parent: int) -> None:
-    """Stop gracefully (SIGTERM to ourselves) once our parent is gone."""
+async def _stop_when_orphaned(master: int) -> None:
+    """Stop gracefully (SIGTERM to ourselves) once the master is gone (also when it died before
+    this worker had started: the kernel's parent-death signal is not sent after the fact)."""
     while True:
-        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
-        if os.getppid() != parent:
+        if os.getppid() != master:
             logger.warning("the edge's master process is gone: this worker stops")
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
 
 
 async def read_body(receive, limit: int) -> bytes:

@@ -59,6 +59,9 @@ class EdgeConfig:
         return None
 
 
+# Set by ``python -m edge`` when it runs worker processes: workers stop when that process is gone.
+MASTER_PID_ENV = "TOLLGATE_EDGE_MASTER_PID"
+
 _ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
 # The settings each mapping may hold: a misspelt one is an error, not a silent default.
 TOP_LEVEL = {

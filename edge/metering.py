@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import orjson
 
+from edge.errors import EdgeError
 from edge.events import UsageEvent
 
 
@@ -62,12 +63,63 @@ def estimate_prompt_tokens(body: dict) -> int:
     return len(text.encode()) // 3 + 4 * len(body.get("messages") or []) + 1
 
 
+# The most output tokens one choice may ask for. Above any model's context today, and low enough
+# that a request's worst case (n of them, plus its prompt) stays exact in the limit scripts.
+MAX_OUTPUT_TOKENS = 10_000_000
+# The most choices (``n``) one request may ask for, as OpenAI allows.
+MAX_CHOICES = 128
+
+_JSON_TYPES = {
+    str: "a string",
+    float: "a decimal number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
+
+
 def max_output_tokens(body: dict, default: int) -> int:
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
+    """The most tokens a request may generate: ``max_completion_tokens`` (else ``max_tokens``, else
+    ``default``) for each of its ``n`` choices.
+
+    Raise EdgeError (400 ``invalid_request_error``, ``param`` set) for a value that is not an
+    integer, is below 1 or is above its bound, with OpenAI's messages and codes. ``null`` is the
+    default, as for OpenAI.
+    """
+    completion = _positive_int(body, "max_completion_tokens", MAX_OUTPUT_TOKENS)
+    tokens = _positive_int(body, "max_tokens", MAX_OUTPUT_TOKENS)
+    choices = _positive_int(body, "n", MAX_CHOICES)
+    return (completion or tokens or default) * (choices or 1)
+
+
+def _positive_int(body: dict, field: str, maximum: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if type(value) is not int:
+        kind = _JSON_TYPES[type(value)]  # what orjson gives; int and None are handled
+        raise EdgeError(
+            400,
+            f"Invalid type for '{field}': expected an integer, but got {kind} instead.",
+            param=field,
+            code="invalid_type",
+        )
+    if value < 1:
+        raise EdgeError(
+            400,
+            f"Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
+            param=field,
+            code="integer_below_min_value",
+        )
+    if value > maximum:
+        raise EdgeError(
+            400,
+            f"Invalid '{field}': integer above maximum value. "
+            f"Expected a value <= {maximum}, but got {value} instead.",
+            param=field,
+            code="integer_above_max_value",
+        )
+    return value
 
 
 def usage_from(obj: dict) -> tuple[int, int, int] | None:

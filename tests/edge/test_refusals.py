@@ -12,6 +12,7 @@ from datetime import timedelta
 import httpx
 import openai
 import pytest
+import redis
 from django.utils import timezone
 
 from edge import keyformat
@@ -20,6 +21,7 @@ from keys.models import ApiKey
 from keys.publication import keys_publish
 from portal import services as portal_services
 from portal.audit import Actor
+from tests.edge.sliding import fresh_window, redis_ms, retry_afters
 
 pytestmark = pytest.mark.django_db
 
@@ -234,12 +236,24 @@ def test_address_outside_the_allow_list_is_403_and_inside_is_served(make_key, cl
     assert chat(client_for(inside)).choices[0].message.content
 
 
-def test_rpm_limit_refuses_the_third_request_with_rate_limit_headers(make_key, client_for, post):
+@pytest.fixture
+def redis_client(settings):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
+
+
+def test_rpm_limit_refuses_the_third_request_with_rate_limit_headers(
+    make_key, client_for, post, redis_client
+):
     _, secret = make_key(rpm_limit=2)
+    fresh_window(redis_client, margin_ms=5_000)
 
     first = client_for(secret).chat.completions.with_raw_response.create(model="mock-model", messages=HELLO)
     second = post(secret)
+    before = redis_ms(redis_client)
     third = post(secret)
+    after = redis_ms(redis_client)
     with pytest.raises(openai.RateLimitError) as caught:
         chat(client_for(secret))
 
@@ -252,7 +266,9 @@ def test_rpm_limit_refuses_the_third_request_with_rate_limit_headers(make_key, c
     assert "x-ratelimit-limit-tokens" not in second.headers
     assert third.status_code == 429
     retry_after = third.headers["retry-after"]
-    assert 1 <= int(retry_after) <= 60
+    # Not the next minute: there the two still weigh 2 * (1 - elapsed/60000), leaving room for a
+    # third only half-way through it.
+    assert retry_after in retry_afters(2, 0, 1, 2, before, after)
     assert third.headers["x-ratelimit-limit-requests"] == "2"
     assert third.headers["x-ratelimit-remaining-requests"] == "0"
     assert third.headers["x-ratelimit-reset-requests"] == f"{retry_after}s"
@@ -268,14 +284,27 @@ def test_rpm_limit_refuses_the_third_request_with_rate_limit_headers(make_key, c
     assert caught.value.type == "requests"
 
 
-def test_tpm_limit_refuses_a_request_whose_max_tokens_do_not_fit(make_key, post):
-    _, secret = make_key(tpm_limit=100)
+def test_tpm_limit_refuses_a_request_whose_tokens_do_not_fit_yet(make_key, post, redis_client, usage_events):
+    key, secret = make_key(tpm_limit=100)
+    win = fresh_window(redis_client, margin_ms=5_000)
 
-    refused = post(secret, max_tokens=1000)
     served = post(secret, max_tokens=10)
+    usage_events(1)  # settled: the mock answered 2 prompt and 10 completion tokens
+    rate = f"tg:rl:{{o:{key.organization_id}}}:k:{key.public_id}"
+    assert redis_client.hget(rate, f"t:{win}") == b"12"
+    before = redis_ms(redis_client)
+    refused = post(secret, max_tokens=90)
+    after = redis_ms(redis_client)
 
+    assert served.status_code == 200
+    assert served.headers["x-ratelimit-limit-tokens"] == "100"
+    # 10 output tokens plus the edge's prompt estimate: prompt bytes // 3 + 4 per message + 1.
+    assert served.headers["x-ratelimit-remaining-tokens"] == str(100 - 10 - (len(b"hello there") // 3 + 5))
+    assert "x-ratelimit-limit-requests" not in served.headers
     assert refused.status_code == 429
     retry_after = refused.headers["retry-after"]
+    # 12 + 98 estimated is over 100 this minute; next minute the 12 decay until 98 fit.
+    assert retry_after in retry_afters(12, 0, 90 + len(b"hello there") // 3 + 5, 100, before, after)
     assert refused.json() == {
         "error": error(
             f"Rate limit reached for this API key: 100 tokens per minute. Retry after {retry_after}s.",
@@ -284,13 +313,8 @@ def test_tpm_limit_refuses_a_request_whose_max_tokens_do_not_fit(make_key, post)
         )
     }
     assert refused.headers["x-ratelimit-limit-tokens"] == "100"
-    assert refused.headers["x-ratelimit-remaining-tokens"] == "100"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "88"
     assert refused.headers["x-ratelimit-reset-tokens"] == f"{retry_after}s"
-    assert served.status_code == 200
-    assert served.headers["x-ratelimit-limit-tokens"] == "100"
-    # 10 output tokens plus the edge's prompt estimate: prompt bytes // 3 + 4 per message + 1.
-    assert served.headers["x-ratelimit-remaining-tokens"] == str(100 - 10 - (len(b"hello there") // 3 + 5))
-    assert "x-ratelimit-limit-requests" not in served.headers
 
 
 def test_concurrency_limit_refuses_a_second_request_while_one_is_in_flight(
