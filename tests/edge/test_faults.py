@@ -16,7 +16,6 @@ import httpx
 import pytest
 import redis
 
-from edge.records import SYNCED_KEY
 from portal.audit import Actor
 from tests.edge.conftest import EdgeProcess
 
@@ -112,8 +111,7 @@ def test_redis_losing_its_data_never_answers_401_for_a_valid_key(
     start_edge, mock_upstream, make_key, priced_model, redis_client
 ):
     """Known keys keep working from the cache; others wait (503, Retry-After) for the resync."""
-    from billing.edge_prices import prices_publish
-    from keys.publication import edge_sync
+    from keys.publication import edge_resync
 
     _known_key, known = make_key()
     _other_key, other = make_key()
@@ -151,9 +149,7 @@ def test_redis_losing_its_data_never_answers_401_for_a_valid_key(
         }
     }
 
-    edge_sync()
-    prices_publish()
-    redis_client.set(SYNCED_KEY, '{"v":1,"at":0}')
+    edge_resync()  # what a consumer runs when it finds the marker gone
     restored = httpx.post(
         f"{edge.url}/v1/chat/completions", json=body(), headers={"authorization": f"Bearer {other}"}
     )

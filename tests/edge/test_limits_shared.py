@@ -227,7 +227,7 @@ def priced_model(django_capture_on_commit_callbacks, redis_client):
 
 
 def budget_spent(client, key) -> int:
-    field = time.strftime("%Y%m", time.gmtime())
+    field = time.strftime("%Y%m", time.gmtime(client.time()[0]))  # the admission script's clock
     value = client.hget(f"tg:budget:{{o:{key.organization_id}}}:k:{key.public_id}", field)
     return int(value or 0)
 

@@ -17,7 +17,7 @@ import redis
 from edge import keyformat
 from edge.metering import new_event
 from edge.records import SYNCED_KEY
-from keys.publication import edge_sync
+from keys.publication import edge_resync
 from tests.edge.conftest import free_port
 
 pytestmark = pytest.mark.django_db
@@ -196,8 +196,7 @@ def test_redis_outage_serves_known_keys_from_cache_for_a_bounded_time_and_replay
 
     # The empty Redis is refilled by the portal's resync; then the edge admits and meters
     # again (its scripts are loaded anew into the restarted server).
-    edge_sync()
-    mark_synced(private_redis)
+    edge_resync()
     after = wait_until(
         lambda: (r := chat(secret, edge.url)).status_code == 200 and r, 5, "the key to work again"
     )
