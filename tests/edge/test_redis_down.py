@@ -5,20 +5,17 @@ Each test runs its own redis-server, so that killing it touches nothing else.
 """
 
 import os
-import signal
-import subprocess
 import time
 
 import httpx
 import orjson
 import pytest
-import redis
 
 from edge import keyformat
 from edge.metering import new_event
 from edge.records import SYNCED_KEY
 from keys.publication import edge_resync
-from tests.edge.conftest import free_port
+from tests.servers import PrivateRedis
 
 pytestmark = pytest.mark.django_db
 
@@ -33,51 +30,6 @@ UNAVAILABLE = {
 }
 
 
-class PrivateRedis:
-    """A throwaway redis-server without persistence: a restart comes back empty."""
-
-    def __init__(self, directory):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-        )
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert self.process.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
 @pytest.fixture
 def private_redis(tmp_path, settings):
     server = PrivateRedis(tmp_path)
@@ -86,8 +38,7 @@ def private_redis(tmp_path, settings):
     settings.EDGE_REDIS_URL = server.url
     mark_synced(server)
     yield server
-    if server.process.poll() is None:
-        server.kill()
+    server.cleanup()
 
 
 def mark_synced(server: PrivateRedis) -> None:
