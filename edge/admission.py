@@ -41,8 +41,10 @@ class Prices:
         for model in models:
             self._cache.pop(model, None)
 
-    def clear(self) -> None:
-        self._cache.clear()
+    def expire(self) -> None:
+        """Invalidations may have been missed: read every price again before trusting it."""
+        oldest = time.monotonic() - PRICE_TTL_SECONDS
+        self._cache = {model: (price, min(at, oldest)) for model, (price, at) in self._cache.items()}
 
     async def get(self, model: str) -> Price | None:
         """The model's price, None for a model without one; raise a 503 EdgeError when it

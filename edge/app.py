@@ -116,8 +116,11 @@ class Edge:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(INVALIDATE_CHANNEL)
-                self.auth.clear()  # anything may have changed while we were not listening
-                self.prices.clear()
+                # Anything may have changed while we were not listening: read everything again
+                # before trusting it, but keep it as the stale fallback for a Redis that came
+                # back empty.
+                self.auth.expire()
+                self.prices.expire()
                 async for message in pubsub.listen():
                     try:
                         data = orjson.loads(message["data"])

@@ -51,8 +51,12 @@ class AuthCache:
         for secret_hash in hashes:
             self._data.pop(secret_hash, None)
 
-    def clear(self) -> None:
-        self._data.clear()
+    def expire(self, ttl: float) -> None:
+        """Make every entry older than ``ttl``: each is read again before it is trusted, and
+        stays a stale fallback meanwhile (for a Redis that comes back without it)."""
+        oldest = time.monotonic() - ttl
+        for entry in self._data.values():
+            entry.at = min(entry.at, oldest)
 
 
 def store_unavailable(message: str = "The key store is unreachable; retry shortly.") -> EdgeError:
@@ -72,9 +76,10 @@ class Authenticator:
         self.known.drop(hashes)
         self.unknown.drop(hashes)
 
-    def clear(self) -> None:
-        self.known.clear()
-        self.unknown.clear()
+    def expire(self) -> None:
+        """Invalidations may have been missed: read every key again before trusting it."""
+        self.known.expire(self.config.auth_cache_ttl)
+        self.unknown.expire(self.config.auth_cache_ttl)
 
     async def authenticate(self, scope) -> KeyRecord:
         """Return the caller's key record, or raise the EdgeError to answer."""
