@@ -12,7 +12,7 @@ import time
 from edge import metrics
 from edge.config import EdgeConfig
 from edge.errors import EdgeError
-from edge.limits import Admission, Limiter, Refusal, refusal_error
+from edge.limits import Admission, AdmissionLost, Limiter, Refusal, refusal_error
 from edge.metering import estimate_prompt_tokens, max_output_tokens
 from edge.records import PRICE_PREFIX, KeyRecord, Price, RecordError, parse_price
 from edge.resp import RespError, unreachable
@@ -85,8 +85,8 @@ class Admitter:
     async def admit(
         self, record: KeyRecord, payload: dict, endpoint: str, model: str
     ) -> tuple[Admission | None, Price | None]:
-        """Reserve the request's worst case against every limit; return the admission (None
-        when Redis is unreachable and the edge fails open) and the price. Raise EdgeError."""
+        """Reserve the request's worst case against every limit; return the admission (unchecked,
+        or None, when Redis is unreachable and the edge fails open) and the price. Raise EdgeError."""
         estimated_output = (
             0 if endpoint == "embeddings" else max_output_tokens(payload, self.config.default_max_tokens)
         )
@@ -112,7 +112,10 @@ class Admitter:
             if not self.config.fail_open:
                 raise _unavailable("The limit store is unreachable; retry shortly.") from None
             self._note_unchecked()
-            return None, price
+            # The script may have run before the connection broke: its lease is released when
+            # the request is settled (see Limiter.settle_args), so a concurrency slot is not
+            # held until the lease expires.
+            return (exc.admission if isinstance(exc, AdmissionLost) else None), price
         if self._unchecked_since is not None:
             logger.warning(
                 "limits are checked again after %.1fs without Redis", time.monotonic() - self._unchecked_since

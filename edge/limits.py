@@ -360,6 +360,17 @@ class Admission:
     estimated_tokens: int
     reserved_cost: int
     headers: list[tuple[bytes, bytes]]
+    # False when Redis was lost during the admission: whether it ran is unknown, so the request
+    # is served unchecked (fail_open) and its settlement only releases the lease it may hold.
+    checked: bool = True
+
+
+class AdmissionLost(ConnectionError):
+    """Redis went away during an admission; ``admission`` is what to release when it is back."""
+
+    def __init__(self, admission: Admission):
+        super().__init__("lost the connection to Redis during an admission")
+        self.admission = admission
 
 
 @dataclass(slots=True)
@@ -439,7 +450,11 @@ class Limiter:
         reserved_cost = _bounded(reserved_cost, MAX_COST)
         lease = _leases.next()
         call_args = [len(scopes), estimated_tokens, reserved_cost, lease, self.lease_ttl_ms, *args]
-        result = await self.batcher.call(ADMIT_SHA, keys, call_args)
+        try:
+            result = await self.batcher.call(ADMIT_SHA, keys, call_args)
+        except OSError as exc:
+            lost = Admission(keys, lease, 0, "", 0, 0, [], checked=False)
+            raise AdmissionLost(lost) from exc
         if int(result[0]) == 0:
             kind = result[2].decode() if isinstance(result[2], bytes) else result[2]
             limit, remaining, requested = int(result[4]), int(result[5]), int(result[6])
@@ -467,6 +482,8 @@ class Limiter:
         )
 
     def settle_args(self, admission: Admission, *, tokens: int, cost: int) -> tuple[list[str], list]:
+        if not admission.checked:
+            return admission.keys, [len(admission.keys) // 3, 0, 0, admission.lease, "", 0]
         tokens = _bounded(tokens, MAX_TOKENS)
         cost = _bounded(cost, MAX_COST)
         return admission.keys, [

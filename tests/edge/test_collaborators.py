@@ -210,7 +210,13 @@ async def test_redis_unreachable_follows_the_fail_open_setting(parts, redis):
     await asyncio.sleep(0)
 
     fail_open = Admitter(parts.config, parts.limiter, parts.prices)
-    assert await fail_open.admit(record, payload, "chat.completions", "m") == (None, None)
+    admission, price = await fail_open.admit(record, payload, "chat.completions", "m")
+    assert (admission.checked, admission.headers, price) == (False, [], None)
+    # Its settlement only releases the lease the admission may have taken.
+    assert parts.limiter.settle_args(admission, tokens=500, cost=900) == (
+        admission.keys,
+        [2, 0, 0, admission.lease, "", 0],
+    )
 
     fail_closed = Admitter(dataclasses.replace(parts.config, fail_open=False), parts.limiter, parts.prices)
     with pytest.raises(EdgeError) as refused:
@@ -219,3 +225,31 @@ async def test_redis_unreachable_follows_the_fail_open_setting(parts, redis):
         503,
         "The limit store is unreachable; retry shortly.",
     )
+
+
+async def test_the_settlement_of_an_admission_lost_midway_releases_its_lease_and_nothing_else(
+    parts, redis, tmp_path
+):
+    """The script ran but its reply was lost: the lease it took goes, the counters stay."""
+    from edge.journal import Journal
+    from edge.limits import Admission
+    from edge.metering import new_event
+    from edge.publication import Publisher
+    from edge.records import parse_key_record
+    from edge.spool import Spool
+
+    record = parse_key_record(orjson.dumps(key_record(concurrency=1)))
+    ran = await parts.limiter.admit(record, estimated_tokens=50, reserved_cost=7)
+    assert await redis.zcard("tg:conc:{o:3}:k:key_a") == 1
+    counters = await redis.hgetall("tg:rl:{o:3}:k:key_a")
+    lost = Admission(ran.keys, ran.lease, 0, "", 0, 0, [], checked=False)
+    publisher = Publisher(parts.connection, parts.limiter, Spool(str(tmp_path)), Journal(tmp_path))
+    event = new_event(
+        key_id="key_a", org_id=3, input_tokens=40, output_tokens=10, ended_at_ms=1, cost_micro_minor=5
+    )
+    keys, args = parts.limiter.settle_args(lost, tokens=50, cost=5)
+
+    await publisher.replay_batch([{**event, "_settle": [keys, args]}])
+
+    assert await redis.zcard("tg:conc:{o:3}:k:key_a") == 0
+    assert await redis.hgetall("tg:rl:{o:3}:k:key_a") == counters
