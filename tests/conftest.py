@@ -82,3 +82,17 @@ def _static_without_manifest(settings):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     settings.WHITENOISE_USE_FINDERS = True
+
+
+@pytest.fixture
+def raw_events_cleared():
+    """Empty the raw usage table after a transactional test.
+
+    ``usage_event`` is not a Django-managed table, so the flush that ends a transactional
+    test leaves its rows behind; later tests must not see them.
+    """
+    yield
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE usage_event")

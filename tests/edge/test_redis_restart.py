@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_redis_restarted_empty_serves_valid_keys_again_within_seconds_without_edge_sync(
-    tmp_path, settings, start_edge, mock_upstream, make_key
+    tmp_path, settings, start_edge, mock_upstream, make_key, raw_events_cleared
 ):
     server = PrivateRedis(tmp_path / "redis")
     server.start()

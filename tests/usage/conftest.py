@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from django.db import connection
 
 from keys import services as key_services
 from keys.models import ApiKey
@@ -43,15 +42,3 @@ def redis_client(settings):
     client = redis.Redis.from_url(settings.REDIS_URL)
     yield client
     client.close()
-
-
-@pytest.fixture
-def raw_events_cleared():
-    """Empty the raw table after a transactional test.
-
-    ``usage_event`` is not a Django-managed table, so the flush that ends a transactional
-    test leaves its rows behind; later tests must not see them.
-    """
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE usage_event")
