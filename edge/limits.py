@@ -58,10 +58,13 @@ MAX_SCOPES = 8
 # by the next write), above MAX_COUNT reads MAX_COUNT.
 COUNTER = f"""
 local MAX_COUNT = {MAX_COUNT}
-local function counter(key, field)
-  local v = tonumber(redis.call('HGET', key, field))
+local function bounded(value)
+  local v = tonumber(value)
   if v == nil or v ~= v or v < 0 then return 0 end
   return math.min(math.floor(v), MAX_COUNT)
+end
+local function counter(key, field)
+  return bounded(redis.call('HGET', key, field))
 end
 """
 
@@ -162,11 +165,9 @@ local function admit(now_ms)
       tpm = arg_int(7+4*i, -1, {MAX_LIMIT}),
       conc = arg_int(8+4*i, -1, {MAX_LIMIT}),
       cap = arg_int(9+4*i, -1, {MAX_BUDGET}),
-      rc = counter(rl, 'r:' .. win),
-      rp = counter(rl, 'r:' .. (win - 1)),
-      tc = counter(rl, 't:' .. win),
-      tp = counter(rl, 't:' .. (win - 1)),
     }}
+    local w = redis.call('HMGET', rl, 'r:' .. win, 'r:' .. (win - 1), 't:' .. win, 't:' .. (win - 1))
+    s.rc, s.rp, s.tc, s.tp = bounded(w[1]), bounded(w[2]), bounded(w[3]), bounded(w[4])
     rate(i, 'requests', s.rpm, s.rc, s.rp, 1)
     rate(i, 'tokens', s.tpm, s.tc, s.tp, est)
     if s.conc >= 0 then
@@ -203,16 +204,21 @@ local function admit(now_ms)
     local tc = math.min(s.tc + est, MAX_COUNT)
     redis.call('HSET', rl, 'r:' .. win, rc)
     if est > 0 then redis.call('HSET', rl, 't:' .. win, tc) end
-    redis.call('HDEL', rl, 'r:' .. (win - 2), 't:' .. (win - 2))
-    redis.call('PEXPIRE', rl, 180000)
+    if s.rc == 0 then
+      -- The window's first request: drop the one before the previous and give the hash the
+      -- life it needs (this window, then the next one that still weighs it).
+      redis.call('HDEL', rl, 'r:' .. (win - 2), 't:' .. (win - 2))
+      redis.call('PEXPIRE', rl, 180000)
+    end
     if s.conc >= 0 then
-      redis.call('ZREMRANGEBYSCORE', cz, '-inf', now_ms)
+      -- Expired leases (of edges that died) do not count (ZCOUNT above); clear them once a minute.
+      if s.rc == 0 then redis.call('ZREMRANGEBYSCORE', cz, '-inf', now_ms) end
       redis.call('ZADD', cz, now_ms + lease_ttl, lease)
       redis.call('PEXPIRE', cz, lease_ttl * 2)
     end
     if cost > 0 then
       redis.call('HSET', bk, month, math.min(s.spent + cost, MAX_COUNT))
-      redis.call('EXPIRE', bk, {BUDGET_TTL_SECONDS})
+      if s.spent == 0 then redis.call('EXPIRE', bk, {BUDGET_TTL_SECONDS}) end  -- the month's first
     end
     local weight = 1 - elapsed / 60000
     table.insert(out, s.rpm >= 0 and math.floor(s.rpm - (s.rc + s.rp * weight) - 1) or -1)
@@ -252,14 +258,19 @@ local win = ARGV[6]
 -- Move a counter by delta, never below 0: a Redis that restarted empty while the request ran
 -- lost what it had reserved, and giving back more than is there would let the next requests
 -- overshoot the limit or the budget.
+-- Return the counter's new value.
 local function move(key, field, delta)
-  local old = counter(key, field)
-  local new = math.max(0, math.min(MAX_COUNT, old + delta))
-  if new ~= old then
+  local new = redis.pcall('HINCRBY', key, field, delta)
+  if type(new) == 'number' and new >= 0 then return new end
+  -- Below zero, or a value HINCRBY cannot move (unreadable, out of range): rewrite it bounded.
+  local old = type(new) == 'number' and new - delta or counter(key, field)
+  new = math.max(0, math.min(MAX_COUNT, old + delta))
+  if new == 0 then
+    redis.call('HDEL', key, field)  -- as a missing counter reads: nothing left behind
+  else
     redis.call('HSET', key, field, new)
-    return true
   end
-  return false
+  return new
 end
 for i = 0, n - 1 do
   local rl, cz, bk = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
@@ -267,16 +278,17 @@ for i = 0, n - 1 do
     move(rl, 't:' .. win, token_delta)
   end
   redis.call('ZREM', cz, lease)
-  if cost_delta ~= 0 and move(bk, month, cost_delta) then
+  -- A counter this settlement starts (Redis lost the admission's) needs the budget's life.
+  if cost_delta ~= 0 and move(bk, month, cost_delta) == math.max(cost_delta, 0) then
     redis.call('EXPIRE', bk, BUDGET_TTL)
   end
 end
 -- Optionally count the request in the edge's served counters (same hash slot).
 if #KEYS > 3 * n then
   local served = KEYS[3 * n + 1]
-  move(served, ARGV[7] .. ':requests', 1)
+  local requests = move(served, ARGV[7] .. ':requests', 1)
   move(served, ARGV[7] .. ':tokens', int(ARGV[8], 0, MAX_COUNT))
-  redis.call('EXPIRE', served, int(ARGV[9], 1, BUDGET_TTL))
+  if requests == 1 then redis.call('EXPIRE', served, int(ARGV[9], 1, BUDGET_TTL)) end
 end
 return 1
 """.replace("BUDGET_TTL", str(BUDGET_TTL_SECONDS))
