@@ -407,9 +407,44 @@ def run_wrk(args, target: Target, *, connections: int, delay_ms: float, seconds:
     raise RuntimeError(f"wrk printed no result: {done.stdout}\n{done.stderr}")
 
 
+def process_group_cpu_seconds(leaders: list[int]) -> float:
+    """User + system CPU of every live process in these process groups (a server and its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in leaders:  # field 5 of stat: the process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def redis_cpu_seconds(url: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def wrk_phase(args, target: Target, *, connections: int, delay_ms: float) -> dict:
+    """Run wrk; also measure the CPU the target (all its processes) and the Redis server spent
+    per request, from /proc and INFO (Redis serves only the edges, one phase at a time)."""
     run_wrk(args, target, connections=connections, delay_ms=delay_ms, seconds=args.warmup)
-    return run_wrk(args, target, connections=connections, delay_ms=delay_ms, seconds=args.duration)
+    leaders = [process.process.pid for process in target.processes]
+    cpu_before, redis_before = process_group_cpu_seconds(leaders), redis_cpu_seconds(args.redis_url)
+    result = run_wrk(args, target, connections=connections, delay_ms=delay_ms, seconds=args.duration)
+    cpu = process_group_cpu_seconds(leaders) - cpu_before
+    redis_cpu = redis_cpu_seconds(args.redis_url) - redis_before
+    if result["requests"]:
+        result["cpu_us_per_request"] = cpu / result["requests"] * 1e6
+        result["redis_us_per_request"] = redis_cpu / result["requests"] * 1e6
+    return result
 
 
 def stream_phase(args, target: Target) -> dict:
@@ -688,19 +723,35 @@ def report(args, targets: list[Target], notes: list[str], command: str) -> str:
         )
     lines += [
         "",
+        "### CPU per request at moderate load (the latency phase: all of the target's processes, "
+        "from /proc; the Redis server, from INFO cpu)",
+        "",
+        "| target | CPU µs/request | Redis CPU µs/request |",
+        "| --- | ---: | ---: |",
+    ]
+    for target in targets:
+        result = target.results.get("latency") or {}
+        if "cpu_us_per_request" not in result:
+            continue
+        lines.append(
+            f"| {target.label} | {result['cpu_us_per_request']:.0f} | {result['redis_us_per_request']:.1f} |"
+        )
+    lines += [
+        "",
         f"### Throughput at high concurrency (wrk, {args.high_connections} connections, no pause)",
         "",
-        "| target | req/s | p50 ms | p90 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | req/s | p50 ms | p90 ms | p99 ms | CPU µs/request | Redis CPU µs/request | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in targets:
         result = target.results.get("throughput")
         if result is None:
-            lines.append(f"| {target.label} | {target.skipped or 'failed'} | | | | |")
+            lines.append(f"| {target.label} | {target.skipped or 'failed'} | | | | | | |")
             continue
         lines.append(
             f"| {target.label} | {result['rps']:.0f} | {ms(result['p50_us'])} | {ms(result['p90_us'])} | "
-            f"{ms(result['p99_us'])} | {result['error_count']} |"
+            f"{ms(result['p99_us'])} | {result.get('cpu_us_per_request', 0):.0f} | "
+            f"{result.get('redis_us_per_request', 0):.1f} | {result['error_count']} |"
         )
     lines += [
         "",
