@@ -11,7 +11,7 @@ import time
 
 from edge import metrics
 from edge.config import EdgeConfig
-from edge.errors import EdgeError
+from edge.errors import service_unavailable
 from edge.limits import Admission, AdmissionLost, Limiter, Refusal, refusal_error
 from edge.metering import estimate_prompt_tokens, max_output_tokens
 from edge.records import PRICE_PREFIX, KeyRecord, Price, RecordError, parse_price
@@ -21,12 +21,6 @@ from edge.store import DataPlane
 logger = logging.getLogger("tollgate.edge")
 
 PRICE_TTL_SECONDS = 30.0
-
-
-def _unavailable(message: str) -> EdgeError:
-    return EdgeError(
-        503, message, type="server_error", code="service_unavailable", headers=[(b"retry-after", b"1")]
-    )
 
 
 class Prices:
@@ -61,16 +55,20 @@ class Prices:
                 return cached[0]
             if not unreachable(exc):
                 logger.error("price look-up failed: %s", exc)
-            raise _unavailable("The price of this model cannot be read right now; retry shortly.") from None
+            raise service_unavailable(
+                "The price of this model cannot be read right now; retry shortly."
+            ) from None
         if raw is None and not synced:
             if stale:
                 return cached[0]
-            raise _unavailable("The price of this model is being restored; retry shortly.")
+            raise service_unavailable("The price of this model is being restored; retry shortly.")
         try:
             price = parse_price(raw) if raw is not None else None
         except RecordError:
             logger.exception("unreadable price record for %s", model)
-            raise _unavailable("The price of this model cannot be read right now; retry shortly.") from None
+            raise service_unavailable(
+                "The price of this model cannot be read right now; retry shortly."
+            ) from None
         self._cache[model] = (price, now)
         return price
 
@@ -101,16 +99,12 @@ class Admitter:
             if not unreachable(exc):
                 metrics.ADMISSION_ERRORS.labels("internal").inc()
                 logger.error("admission failed: %s", exc)
-                raise EdgeError(
-                    503,
-                    "The edge could not check this request against its limits; retry shortly.",
-                    type="server_error",
-                    code="service_unavailable",
-                    headers=[(b"retry-after", b"1")],
+                raise service_unavailable(
+                    "The edge could not check this request against its limits; retry shortly."
                 ) from None
             metrics.ADMISSION_ERRORS.labels("unreachable").inc()
             if not self.config.fail_open:
-                raise _unavailable("The limit store is unreachable; retry shortly.") from None
+                raise service_unavailable("The limit store is unreachable; retry shortly.") from None
             self._note_unchecked()
             # The script may have run before the connection broke: its lease is released when
             # the request is settled (see Limiter.settle_args), so a concurrency slot is not

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from edge import keyformat, metrics
 from edge.config import EdgeConfig
-from edge.errors import EdgeError, invalid_key
+from edge.errors import EdgeError, invalid_key, service_unavailable
 from edge.records import KEY_PREFIX, KeyRecord, RecordError, parse_key_record
 from edge.resp import RespError, unreachable
 from edge.store import DataPlane
@@ -57,12 +57,6 @@ class AuthCache:
         oldest = time.monotonic() - ttl
         for entry in self._data.values():
             entry.at = min(entry.at, oldest)
-
-
-def store_unavailable(message: str = "The key store is unreachable; retry shortly.") -> EdgeError:
-    return EdgeError(
-        503, message, type="server_error", code="service_unavailable", headers=[(b"retry-after", b"1")]
-    )
 
 
 class Authenticator:
@@ -127,14 +121,14 @@ class Authenticator:
                 return entry.record
             if not unreachable(exc):
                 logger.error("key look-up failed: %s", exc)
-            raise store_unavailable() from None
+            raise service_unavailable("The key store is unreachable; retry shortly.") from None
         metrics.AUTH_CACHE.labels("miss").inc()
         if raw is None and not synced:
             # Redis lost its data and the portal is writing it back: this key may be valid.
             if entry is not None and now - entry.at < self.config.stale_auth_seconds:
                 metrics.AUTH_CACHE.labels("stale").inc()
                 return entry.record
-            raise store_unavailable("The key store is being restored; retry shortly.")
+            raise service_unavailable("The key store is being restored; retry shortly.")
         if raw is None:
             self.known.drop((secret_hash,))
             self.unknown.put(secret_hash, None)

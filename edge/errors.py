@@ -35,3 +35,10 @@ class EdgeError(Exception):
 
 def invalid_key(message: str = "Incorrect API key provided.") -> EdgeError:
     return EdgeError(401, message, code="invalid_api_key")
+
+
+def service_unavailable(message: str) -> EdgeError:
+    """503 with ``Retry-After: 1``: the edge cannot decide now, and will shortly."""
+    return EdgeError(
+        503, message, type="server_error", code="service_unavailable", headers=[(b"retry-after", b"1")]
+    )

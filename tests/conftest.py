@@ -11,6 +11,9 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+# Throwaway servers a test may kill (private_redis, private_redis_aof, private_postgres).
+pytest_plugins = ["tests.servers"]
+
 
 def pytest_addoption(parser):
     parser.addoption(

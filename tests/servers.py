@@ -4,11 +4,9 @@ The suite's shared Postgres and Redis must never be killed; a test that needs a 
 its own server here, in its own directory, on a free port, and the fixture stops it again.
 Every wait is bounded: a server that does not come up fails the test instead of hanging it.
 
-Use the fixtures from a ``conftest.py`` (a test module that imports them would shadow them)::
-
-    from tests.servers import private_postgres, private_redis, private_redis_aof  # noqa: F401
-
-or the classes directly for other lifetimes; call ``cleanup()`` when done.
+The fixtures (``private_redis``, ``private_redis_aof``, ``private_postgres``) are a pytest
+plugin of the whole suite (``pytest_plugins`` in tests/conftest.py); use the classes directly
+for other lifetimes, and call ``cleanup()`` when done.
 """
 
 import os

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.edge.conftest import MockUpstream, wait_http
-from tests.servers import ROOT, PrivatePostgres, PrivateRedis, free_port, wait_for
+from tests.servers import ROOT, PrivatePostgres, free_port, wait_for
 
 PRICED = "priced-model"
 FREE = "mock-model"
@@ -105,23 +105,12 @@ def chaos_postgres(tmp_path):
 
 
 @pytest.fixture
-def chaos_redis(tmp_path):
-    """A redis-server of the test's own with an append-only file (everysec), as production runs it."""
-    server = PrivateRedis(tmp_path / "redis", appendonly=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def tenant(chaos_postgres, chaos_redis) -> dict:
+def tenant(chaos_postgres, private_redis_aof) -> dict:
     """Seed an organization, a priced model and two keys in the private database; publish them."""
     done = subprocess.run(
         [sys.executable, "-c", SEED],
         cwd=ROOT,
-        env=django_env(chaos_postgres, chaos_redis),
+        env=django_env(chaos_postgres, private_redis_aof),
         capture_output=True,
         text=True,
         timeout=120,
@@ -205,7 +194,7 @@ class ChaosEdge:
 
 
 @pytest.fixture
-def start_chaos_edge(tmp_path, chaos_redis, mock_upstream):
+def start_chaos_edge(tmp_path, private_redis_aof, mock_upstream):
     """Start edges on the private Redis; every one is stopped (its whole group) at teardown."""
     from django.conf import settings
 
@@ -214,7 +203,7 @@ def start_chaos_edge(tmp_path, chaos_redis, mock_upstream):
     def start(name: str) -> ChaosEdge:
         edge = ChaosEdge(
             tmp_path / name,
-            redis_url=chaos_redis.url,
+            redis_url=private_redis_aof.url,
             pepper=settings.KEY_PEPPER,
             upstream_url=mock_upstream.url,
         )
@@ -338,8 +327,8 @@ def _last_error(path: Path) -> str:
 
 
 @pytest.fixture
-def consumers(tmp_path, chaos_postgres, chaos_redis):
-    supervised = Consumers(tmp_path / "consumers", django_env(chaos_postgres, chaos_redis))
+def consumers(tmp_path, chaos_postgres, private_redis_aof):
+    supervised = Consumers(tmp_path / "consumers", django_env(chaos_postgres, private_redis_aof))
     try:
         yield supervised
     finally:

@@ -265,12 +265,12 @@ def _metered_all(metered: Metered, wanted: set[str]) -> bool:
 
 
 def test_paced_load_through_consumer_postgres_redis_and_edge_kills_meters_every_answer_once(
-    tenant, chaos_postgres, chaos_redis, start_chaos_edge, consumers, capsys
+    tenant, chaos_postgres, private_redis_aof, start_chaos_edge, consumers, capsys
 ):
     started = time.monotonic()
     ledger = Ledger()
     metered = Metered(chaos_postgres.url)
-    stream = chaos_redis.client(socket_timeout=2, socket_connect_timeout=2)
+    stream = private_redis_aof.client(socket_timeout=2, socket_connect_timeout=2)
 
     consumers.start_all()
     edge = start_chaos_edge("edge")
@@ -302,9 +302,9 @@ def test_paced_load_through_consumer_postgres_redis_and_edge_kills_meters_every_
 
         enter("redis-kill")
         time.sleep(1)
-        chaos_redis.kill()
+        private_redis_aof.kill()
         time.sleep(1.5)
-        chaos_redis.start()
+        private_redis_aof.start()
         time.sleep(3)
         # Evidence that the outage bit: events spooled, admissions made without Redis.
         outage = {

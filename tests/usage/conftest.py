@@ -10,7 +10,6 @@ from keys.models import ApiKey
 from portal.audit import Actor
 from portal.models import Organization, User
 from tests.factories import make_org, make_user
-from tests.servers import private_postgres, private_redis, private_redis_aof  # noqa: F401
 
 
 @dataclass
