@@ -8,6 +8,8 @@ and published to Redis in batches off the response path (edge/publication.py).
 
 import asyncio
 import ctypes
+import hmac
+import ipaddress
 import logging
 import os
 import random
@@ -21,7 +23,7 @@ from redis.exceptions import RedisError
 from edge import metrics
 from edge.accesslog import AccessLog
 from edge.admission import Admitter, Prices
-from edge.auth import Authenticator, header
+from edge.auth import Authenticator, bearer, header
 from edge.batching import ScriptBatcher
 from edge.config import MASTER_PID_ENV, EdgeConfig
 from edge.errors import EdgeError
@@ -185,6 +187,7 @@ class Edge:
             elif path == "/readyz":
                 await self.readyz(send, request_id)
             elif path == "/metrics":
+                self._check_metrics_access(scope)
                 await respond(
                     send, 200, metrics.render(), request_id, content_type=b"text/plain; version=0.0.4"
                 )
@@ -203,6 +206,24 @@ class Edge:
                     latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 )
             await respond(send, error.status, error.body(), request_id, extra=error.headers)
+
+    def _check_metrics_access(self, scope) -> None:
+        """``/metrics`` shows organization ids: it answers the bearer of ``metrics_token`` when
+        one is configured, else only clients on this host (loopback)."""
+        token = self.config.metrics_token
+        if token:
+            offered = (bearer(scope) or "").encode()
+            if not hmac.compare_digest(offered, token.encode()):
+                raise EdgeError(401, "The metrics need the configured bearer token.", code="invalid_api_key")
+            return
+        client = scope.get("client")
+        if not client or not _is_loopback(client[0]):
+            raise EdgeError(
+                403,
+                "The metrics answer clients on this host only; set metrics_token to scrape from elsewhere.",
+                type="permission_error",
+                code="metrics_forbidden",
+            )
 
     async def readyz(self, send, request_id):
         try:
@@ -273,12 +294,13 @@ class Edge:
                     body = orjson.dumps(payload)
             admission, price = await self.admitter.admit(record, payload, endpoint, model)
         except EdgeError as error:
-            error.model = model  # a routed name: the metric's label values stay a bounded set
+            error.model = route.pattern  # the metric's label: configured names only, a bounded set
             raise
         request = MeteredRequest(
             record=record,
             endpoint=endpoint,
             model=model,
+            route=route.pattern,
             payload=payload,
             stream=stream,
             admission=admission,
@@ -310,6 +332,13 @@ class Edge:
             raise
         finally:
             self.meter.finished(request, exchange)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _json_object(body: bytes) -> dict:

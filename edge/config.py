@@ -51,6 +51,8 @@ class EdgeConfig:
     access_log: bool = True
     # Redis unreachable: serve known keys without limits (True) or refuse with 503 (False).
     fail_open: bool = True
+    # /metrics: the bearer of this token, or (unset) only clients on this host.
+    metrics_token: str = ""
 
     def route_for(self, model: str) -> Route | None:
         for route in self.routes:
@@ -75,6 +77,7 @@ TOP_LEVEL = {
     "trust_forwarded_for",
     "access_log",
     "fail_open",
+    "metrics_token",
     "redis_url",
     "routes",
 }
@@ -206,7 +209,16 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
         access_log=_boolean(env.get("EDGE_ACCESS_LOG", data.get("access_log", True)), "access_log"),
         fail_open=_boolean(env.get("EDGE_FAIL_OPEN", data.get("fail_open", True)), "fail_open"),
+        metrics_token=_metrics_token(
+            _expand(str(env.get("EDGE_METRICS_TOKEN") or data.get("metrics_token") or ""), env)
+        ),
     )
+
+
+def _metrics_token(raw: str) -> str:
+    if raw and len(raw) < 16:
+        raise ConfigError("metrics_token must be at least 16 characters (or unset: loopback only)")
+    return raw
 
 
 def _boolean(raw, name: str) -> bool:

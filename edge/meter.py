@@ -23,6 +23,7 @@ class MeteredRequest:
     record: KeyRecord
     endpoint: str
     model: str
+    route: str  # the configured route's name or pattern: the metrics' model label
     payload: dict
     stream: bool
     admission: Admission | None
@@ -96,7 +97,7 @@ class Meter:
             metrics.OVERHEAD.observe(max(total - (exchange.first_byte - exchange.upstream_started), 0.0))
         elif exchange.upstream_started:
             metrics.OVERHEAD.observe(max(exchange.upstream_started - request.started, 0.0))
-        metrics.REQUESTS.labels(str(event["status"]), request.model, str(request.record.org_id)).inc()
+        metrics.REQUESTS.labels(str(event["status"]), request.route, str(request.record.org_id)).inc()
         self.access_log.write(
             request_id=request.request_id,
             method="POST",

@@ -137,7 +137,7 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             {"listn": {"port": 1}, "routes": ROUTES},
             {},
             "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
-            "default_max_tokens, fail_open, lease_ttl_seconds, listen, redis_url, routes, spool, trust_forwarded_for, workers)",
+            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trust_forwarded_for, workers)",
         ),
         (
             {"spool": {"directory": "/tmp"}, "routes": ROUTES},

@@ -317,10 +317,15 @@ def test_sigterm_lets_requests_in_flight_finish_and_publishes_their_events(
             )
         )
 
+    mock_upstream.reset()
     threads = [threading.Thread(target=slow_request) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # all six are with the model server now
+    wait_until(
+        lambda: mock_upstream.stats()["by_path"].get("/v1/chat/completions") == 6,
+        15,
+        "all six requests at the model server",
+    )
     os.killpg(edge.process.pid, signal.SIGTERM)
     for thread in threads:
         thread.join(30)

@@ -96,3 +96,72 @@ def test_model_listings_count_for_the_organization_without_a_model(metrics_edge,
 
     assert response.status_code == 200
     assert edge_metric(metrics_edge, "tollgate_edge_requests_total", status="200", model="", org=org) == 1
+
+
+def _series(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+def test_a_thousand_invented_model_names_add_no_series(start_edge, mock_upstream, make_key):
+    """A glob route serves any name: the label is the route's pattern, never the name sent."""
+    edge = start_edge(
+        [
+            {"model": "mock-*", "upstreams": [mock_upstream.url]},
+            {"model": "*", "upstreams": [mock_upstream.url]},
+        ]
+    )
+    _, secret = make_key(allowed_models=["mock-model"])
+    headers = {"authorization": f"Bearer {secret}"}
+    before = len(_series(httpx.get(f"{edge.url}/metrics", timeout=5).text, "tollgate_edge_requests_total"))
+    with httpx.Client(base_url=edge.url, headers=headers, timeout=10) as client:
+        served = client.post("/v1/chat/completions", json={"model": "mock-model", "messages": HELLO})
+        refused = [
+            client.post("/v1/chat/completions", json={"model": f"name-{n}\r\n\x00", "messages": HELLO})
+            for n in range(1000)
+        ]
+    assert served.status_code == 200
+    assert {r.status_code for r in refused} == {403}  # not allowed for this key, routed by "*"
+
+    text = httpx.get(f"{edge.url}/metrics", timeout=5).text
+    series = _series(text, "tollgate_edge_requests_total")
+    assert len(series) - before == 2  # one for the served request, one for the refusals
+    assert any('model="mock-*"' in line and 'status="200"' in line for line in series)
+    assert any('model="*"' in line and 'status="403"' in line and line.endswith(" 1000.0") for line in series)
+    assert "name-" not in text
+
+
+def test_metrics_answer_only_this_host_unless_a_token_is_configured(start_edge, mock_upstream):
+    outside = non_loopback_address()
+    routes = [{"model": "*", "upstreams": [mock_upstream.url]}]
+    open_edge = start_edge(routes, env={"EDGE_HOST": "0.0.0.0"})
+    assert httpx.get(f"{open_edge.url}/metrics", timeout=5).status_code == 200
+    far = httpx.get(f"http://{outside}:{open_edge.port}/metrics", timeout=5)
+    assert far.status_code == 403
+    assert far.json()["error"]["code"] == "metrics_forbidden"
+
+    token = "t" * 24
+    guarded = start_edge(routes, env={"EDGE_HOST": "0.0.0.0"}, extra_config={"metrics_token": token})
+    url = f"http://{outside}:{guarded.port}/metrics"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert (
+        httpx.get(url, headers={"authorization": "Bearer wrong-token-000000000"}, timeout=5).status_code
+        == 401
+    )
+    allowed = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=5)
+    assert allowed.status_code == 200
+    assert "tollgate_edge_requests_total" in allowed.text
+
+
+def non_loopback_address() -> str:
+    """An IPv4 address of this host other than loopback: a request from it is not "this host"
+    to the edge's check (the peer address is what it reads)."""
+    import ipaddress
+    import subprocess
+
+    for address in subprocess.run(
+        ["hostname", "-I"], capture_output=True, text=True, check=True
+    ).stdout.split():
+        ip = ipaddress.ip_address(address)
+        if ip.version == 4 and not ip.is_loopback:
+            return address
+    raise AssertionError("this host has no address besides loopback to send from")
