@@ -22,6 +22,7 @@ from django_ratelimit.decorators import ratelimit
 from portal import selectors, services
 from portal.audit import Actor
 from portal.console import SESSION_ORG_KEY, OrganizationMixin
+from portal.csvsafe import csv_row
 from portal.errors import DomainError
 from portal.forms import (
     AuditFilterForm,
@@ -296,18 +297,21 @@ class AuditExportView(OrganizationMixin, View):
         def rows():
             yield writer.writerow(header)
             for event in _audit_events(self.organization, data).iterator(chunk_size=1000):
+                # The user agent and the actor label come from outside: a cell may be a formula.
                 yield writer.writerow(
-                    [
-                        event.created_at.isoformat(),
-                        event.action,
-                        event.actor_label,
-                        event.actor_type,
-                        event.target_type,
-                        event.target_id,
-                        event.ip_address or "",
-                        event.user_agent,
-                        json.dumps(event.metadata, sort_keys=True),
-                    ]
+                    csv_row(
+                        [
+                            event.created_at.isoformat(),
+                            event.action,
+                            event.actor_label,
+                            event.actor_type,
+                            event.target_type,
+                            event.target_id,
+                            event.ip_address or "",
+                            event.user_agent,
+                            json.dumps(event.metadata, sort_keys=True),
+                        ]
+                    )
                 )
 
         response = StreamingHttpResponse(rows(), content_type="text/csv")

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from django.http import HttpResponse
 
+from portal.csvsafe import csv_row
 from portal.errors import DomainError
 from usage import selectors
 
@@ -52,7 +53,8 @@ def _row(raw: dict) -> dict:
 def usage_csv_response(
     rows: list[dict], *, group_by: tuple[str, ...], filename: str = "usage.csv"
 ) -> HttpResponse:
-    """Render ``usage_rows`` output as a CSV attachment, columns in a fixed order."""
+    """Render ``usage_rows`` output as a CSV attachment, columns in a fixed order, text cells
+    made safe for spreadsheets."""
     columns = ["period"]
     if "model" in group_by:
         columns.append("model")
@@ -64,7 +66,7 @@ def usage_csv_response(
     writer.writerow(columns)
     for row in rows:
         writer.writerow(
-            [row["period"].isoformat() if column == "period" else row[column] for column in columns]
+            csv_row(row["period"].isoformat() if column == "period" else row[column] for column in columns)
         )
     response = HttpResponse(buffer.getvalue(), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -158,3 +158,39 @@ def test_staff_edit_in_admin_writes_staff_audit_event(client):
         organization,
         "portal.membership",
     )
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "cell"),
+    [
+        ('=HYPERLINK("http://evil","x")', '"\'=HYPERLINK(""http://evil"",""x"")"'),
+        ("+1+1", "'+1+1"),
+        ("-1+1", "'-1+1"),
+        ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", '"\'\r=1+1"'),
+        ("Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("curl/8.5.0 -k", "curl/8.5.0 -k"),
+    ],
+)
+def test_audit_csv_cells_beginning_like_a_formula_are_prefixed_with_a_quote(client, user_agent, cell):
+    owner = make_user("owner@example.com")
+    organization = make_org(owner, name="Audited")
+    client.force_login(owner)
+    client.post(
+        f"/o/{organization.slug}/settings/",
+        {"name": '=HYPERLINK("http://evil","x")', "require_mfa": ""},
+        HTTP_USER_AGENT=user_agent,
+    )
+    event = AuditEvent.objects.get(action="organization.updated")
+
+    response = client.get(f"/o/{organization.slug}/audit.csv", {"action": "organization.updated"})
+
+    assert response.status_code == 200
+    # The metadata cell is JSON of a dict: it begins with "{", so the name inside stays as it was.
+    assert b"".join(response.streaming_content).decode() == (
+        "time,action,actor,actor_type,target_type,target_id,ip,user_agent,metadata\r\n"
+        f"{event.created_at.isoformat()},organization.updated,owner@example.com,user,"
+        f"portal.organization,{event.target_id},127.0.0.1,{cell},"
+        '"{""changes"": {""name"": [""Audited"", ""=HYPERLINK(\\""http://evil\\"",\\""x\\"")""]}}"\r\n'
+    )

@@ -5,6 +5,7 @@ import io
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -13,6 +14,7 @@ from portal.roles import Role
 from tests.api.support import assert_problem, call, iso, session_client
 from tests.factories import add_member
 from tests.usage.support import edge_event, ingest, raw_sums, rollup_rows
+from usage.export import usage_csv_response
 from usage.models import UsageEvent, UsageRollup
 from usage.selectors import METRICS
 
@@ -562,3 +564,43 @@ def test_every_role_reads_usage(tenant, usage, role):
 
     assert response.status_code == 200
     assert response.json()["totals"]["requests"] == 6
+
+
+def test_usage_csv_cells_beginning_like_a_formula_are_prefixed_with_a_quote(tenant, redis_client):
+    evil = tenant.key('=HYPERLINK("http://evil","x")')
+    plain = tenant.key("build")
+    ingest(
+        redis_client,
+        edge_event(evil, ended_at=at(hours=1), model="@SUM(A1:A9)", input_tokens=10, output_tokens=20),
+        edge_event(plain, ended_at=at(hours=2), model="-x", input_tokens=7, output_tokens=3, status=500),
+        edge_event(plain, ended_at=at(hours=3), model="mock-a", input_tokens=1, output_tokens=2),
+    )
+
+    response = get_usage(tenant.owner, granularity="hour", group_by="model,key", format="csv")
+
+    assert response.status_code == 200
+    assert response.content.decode() == (
+        "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,"
+        "estimated_requests\r\n"
+        f"2026-12-31T01:00:00+00:00,'@SUM(A1:A9),{evil.public_id},"
+        '"\'=HYPERLINK(""http://evil"",""x"")",1,0,10,20,0,0\r\n'
+        f"2026-12-31T02:00:00+00:00,'-x,{plain.public_id},build,1,1,7,3,0,0\r\n"
+        f"2026-12-31T03:00:00+00:00,mock-a,{plain.public_id},build,1,0,1,2,0,0\r\n"
+    )
+
+
+def test_usage_csv_writes_numbers_as_numbers_even_when_negative():
+    row = {
+        "period": START,
+        "model": "@m",
+        **dict.fromkeys(METRICS, 0),
+        "requests": -3,
+        "errors": Decimal("-1.50"),
+    }
+
+    response = usage_csv_response([row], group_by=("model",))
+
+    assert response.content.decode() == (
+        "period,model,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests\r\n"
+        "2026-12-31T00:00:00+00:00,'@m,-3,-1.50,0,0,0,0\r\n"
+    )
