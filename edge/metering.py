@@ -156,11 +156,13 @@ _KEEP_BYTES = 1 << 20
 
 
 class SSEUsage:
-    """Follow an SSE stream: pass complete events on, find usage, drop the usage chunk.
+    """Follow an SSE stream: pass complete events on, find usage, hide the usage the client
+    did not ask for.
 
-    ``feed(chunk)`` returns the bytes to forward now: complete events only, minus the
-    usage-only chunk the edge asked for when the client did not. Only events that carry a
-    usage object are parsed on the way; the rest are kept as they are and read for their
+    ``feed(chunk)`` returns the bytes to forward now: complete events only. When the edge
+    asked for usage on the client's behalf, the usage-only chunk is dropped and a chunk that
+    carries usage beside its choices goes on re-written without it. Only events that carry a
+    usage object are parsed on the way; the rest go on byte for byte and are read for their
     text only if the stream ends without usage (``text()``, for a tokenizer count).
     """
 
@@ -238,8 +240,12 @@ class SSEUsage:
                     self.usage = usage
                     self._kept.clear()  # no tokenizer count is needed now
                     self._text.clear()
-                    if self.drop_usage_chunk and not obj.get("choices"):
-                        continue
+                    if self.drop_usage_chunk:
+                        if not obj.get("choices"):
+                            continue
+                        # Some servers put usage on the last content chunk: the words go on,
+                        # the usage the client never asked for does not.
+                        event = _without_usage(event, obj)
             forward.append(event)
         return b"".join(forward)
 
@@ -254,6 +260,20 @@ def _event_json(event: bytes) -> dict | None:
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _without_usage(event: bytes, obj: dict) -> bytes:
+    """The event with its JSON (``obj``) written again without ``usage``, as one data line
+    where its first data line was; its other lines (``id:``, ``event:``, comments) are kept."""
+    data = b"data: " + orjson.dumps({name: value for name, value in obj.items() if name != "usage"})
+    lines = []
+    for line in event[:-2].split(b"\n"):
+        if not line.startswith(b"data:"):
+            lines.append(line)
+        elif data:
+            lines.append(data)
+            data = b""
+    return b"\n".join(lines) + b"\n\n"
 
 
 def new_event(**fields) -> UsageEvent:

@@ -41,11 +41,68 @@ def test_usage_only_chunk_is_forwarded_when_the_client_asked():
     assert sse.usage == (11, 3, 4)
 
 
-def test_usage_on_a_last_chunk_that_still_has_choices_counts_and_is_forwarded():
-    last = delta(" end", usage=USAGE)
-    out, sse = run([delta("a"), last, DONE], drop_usage_chunk=True)
-    assert out == delta("a") + last + DONE
+def last_chunk(**extra) -> dict:
+    """A last content chunk as servers send it, usage between its choices and a later field."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1735689600,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": " end"}, "finish_reason": "stop"}],
+        **extra,
+        "system_fingerprint": "fp_é",
+    }
+
+
+def test_usage_on_a_chunk_that_still_has_choices_is_read_and_stripped_when_the_client_did_not_ask():
+    spaced = b'data:  {"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": null}\n\n'
+    sse = SSEUsage(drop_usage_chunk=True)
+    out = sse.feed(spaced + event(last_chunk(usage=USAGE)) + DONE)
+    # The other events go on byte for byte; the usage one keeps its fields, in their order.
+    assert out == spaced + event(last_chunk())
+    assert sse.flush() == DONE  # still held back until the edge has recorded the request
+    assert list(orjson.loads(out.split(b"\n\n")[1].removeprefix(b"data: "))) == [
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+        "system_fingerprint",
+    ]
     assert sse.usage == (11, 3, 4)
+
+
+def test_usage_on_a_chunk_that_still_has_choices_is_forwarded_untouched_when_the_client_asked():
+    chunks = [
+        delta("a"),
+        b'data: {"choices":[{"index":0,"delta":{}}], "usage" : ' + orjson.dumps(USAGE) + b"}\n\n",
+    ]
+    out, sse = run([*chunks, DONE], drop_usage_chunk=False)
+    assert out == b"".join(chunks) + DONE
+    assert sse.usage == (11, 3, 4)
+
+
+def test_a_stripped_event_keeps_its_other_lines_and_becomes_one_data_line():
+    body = orjson.dumps(last_chunk(usage=USAGE))
+    middle = body.index(b',"choices"') + 1  # a data line may end anywhere between JSON tokens
+    multi = b"id: 7\n: note\ndata: " + body[:middle] + b"\ndata: " + body[middle:] + b"\nevent: x\n\n"
+    out, sse = run([multi, DONE], drop_usage_chunk=True)
+    assert out == b"id: 7\n: note\n" + event(last_chunk()).removesuffix(b"\n\n") + b"\nevent: x\n\n" + DONE
+    assert sse.usage == (11, 3, 4)
+
+
+def test_a_stream_with_usage_on_its_last_content_chunk_is_the_same_split_at_any_byte():
+    stream = delta("one") + delta(" two", usage=None) + event(last_chunk(usage=USAGE)) + DONE
+    expected = delta("one") + delta(" two", usage=None) + event(last_chunk()) + DONE
+    for cut in range(len(stream) + 1):
+        sse = SSEUsage(drop_usage_chunk=True)
+        outputs = [sse.feed(stream[:cut]), sse.feed(stream[cut:])]
+        assert all(out == b"" or out.endswith(b"\n\n") for out in outputs)
+        assert b"".join(outputs) + sse.flush() == expected, cut
+        assert sse.usage == (11, 3, 4)
+    sse = SSEUsage(drop_usage_chunk=True)
+    one_by_one = b"".join(sse.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert one_by_one + sse.flush() == expected
 
 
 @pytest.mark.parametrize("size", [1, 7, 64])
