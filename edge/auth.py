@@ -7,6 +7,7 @@ working from its last record for ``auth_cache.stale_seconds``; anything else is 
 503 with ``Retry-After``, never 401: the key may well be valid.
 """
 
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -143,12 +144,45 @@ class Authenticator:
         return record
 
     def client_ip(self, scope) -> str | None:
-        if self.config.trust_forwarded_for:
-            forwarded = header(scope, b"x-forwarded-for")
-            if forwarded:
-                return forwarded.split(",")[0].strip()
         client = scope.get("client")
-        return client[0] if client else None
+        peer = client[0] if client else None
+        trusted = self.config.trusted_proxies
+        if not trusted:
+            return peer
+        forwarded = [value for key, value in scope["headers"] if key == b"x-forwarded-for"]
+        return client_address(peer, b",".join(forwarded).decode("latin-1"), trusted)
+
+
+def client_address(peer: str | None, forwarded: str, trusted) -> str | None:
+    """Return the client's address: the peer's, unless the peer is a trusted proxy.
+
+    Behind trusted proxies, walk ``X-Forwarded-For`` from the right (each proxy appends the
+    address it saw) and take the first entry that is not itself a trusted proxy; anything left
+    of it was written by the client and proves nothing. An entry that is not an address stops
+    the walk and is the answer, so that it fails every allow-list. If all are trusted, the
+    leftmost; empty entries are skipped, and with none left the peer is the client. The rule
+    of uvicorn's ProxyHeadersMiddleware and Werkzeug's ProxyFix.
+    """
+    if not _is_trusted(peer, trusted):
+        return peer
+    entries = [entry for entry in (part.strip() for part in forwarded.split(",")) if entry]
+    if not entries:
+        return peer
+    for entry in reversed(entries):
+        if not _is_trusted(entry, trusted):
+            return entry
+    return entries[0]
+
+
+def _is_trusted(address: str | None, trusted) -> bool:
+    """Whether an address lies in a trusted network; something that is not an address never does."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def _check_standing(record: KeyRecord) -> None:

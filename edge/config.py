@@ -1,6 +1,7 @@
 """Edge configuration: the environment plus one YAML file, parsed once at start."""
 
 import fnmatch
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class EdgeConfig:
     spool_dir: str = ".run/spool"
     spool_fsync_ms: int = 50
     lease_ttl_seconds: int = 600
-    trust_forwarded_for: bool = False
+    # Peers whose X-Forwarded-For is believed (see edge.auth.client_address); none by default.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     default_max_tokens: int = 4096
     access_log: bool = True
     # Redis unreachable: serve known keys without limits (True) or refuse with 503 (False).
@@ -74,7 +76,7 @@ TOP_LEVEL = {
     "spool",
     "lease_ttl_seconds",
     "default_max_tokens",
-    "trust_forwarded_for",
+    "trusted_proxies",
     "access_log",
     "fail_open",
     "metrics_token",
@@ -119,6 +121,22 @@ def _number(raw, name: str, kind=float, minimum=0):
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _networks(raw, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse a list of CIDRs; a host address is its own /32 or /128."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{name} must be a list of CIDRs, got {raw!r}")
+    networks = []
+    for entry in raw:
+        try:
+            # strict: 10.0.0.1/8 is a typo for a host or for 10.0.0.0/8, and we cannot tell which.
+            networks.append(ipaddress.ip_network(str(entry).strip(), strict=True))
+        except ValueError:
+            raise ConfigError(f"{name} has an entry that is not a CIDR: {entry!r}") from None
+    return tuple(networks)
 
 
 def _routes(raw, env) -> tuple[Route, ...]:
@@ -175,6 +193,11 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         raise ConfigError(f"cannot read EDGE_CONFIG {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("the edge config must be a mapping")
+    if "trust_forwarded_for" in data:
+        # Removed, not ignored: it trusted the leftmost X-Forwarded-For entry, which the client writes.
+        raise ConfigError(
+            "trust_forwarded_for has been removed: list the proxies in front of the edge in trusted_proxies"
+        )
     _mapping(data, "the edge config", TOP_LEVEL)
     pepper = env.get("KEY_PEPPER", "")
     if len(pepper) < 32:
@@ -205,7 +228,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         spool_dir=env.get("EDGE_SPOOL_DIR") or spool.get("dir", ".run/spool"),
         spool_fsync_ms=_number(spool.get("fsync_ms", 50), "spool.fsync_ms", int, 1),
         lease_ttl_seconds=_number(data.get("lease_ttl_seconds", 600), "lease_ttl_seconds", int, 1),
-        trust_forwarded_for=_boolean(data.get("trust_forwarded_for", False), "trust_forwarded_for"),
+        trusted_proxies=_trusted_proxies(data, env),
         default_max_tokens=_number(data.get("default_max_tokens", 4096), "default_max_tokens", int, 1),
         access_log=_boolean(env.get("EDGE_ACCESS_LOG", data.get("access_log", True)), "access_log"),
         fail_open=_boolean(env.get("EDGE_FAIL_OPEN", data.get("fail_open", True)), "fail_open"),
@@ -219,6 +242,14 @@ def _metrics_token(raw: str) -> str:
     if raw and len(raw) < 16:
         raise ConfigError("metrics_token must be at least 16 characters (or unset: loopback only)")
     return raw
+
+
+def _trusted_proxies(data: dict, env):
+    # EDGE_TRUSTED_PROXIES, even empty, replaces the file's list: comma-separated CIDRs.
+    if "EDGE_TRUSTED_PROXIES" in env:
+        entries = [part.strip() for part in env["EDGE_TRUSTED_PROXIES"].split(",") if part.strip()]
+        return _networks(entries, "EDGE_TRUSTED_PROXIES")
+    return _networks(data.get("trusted_proxies"), "trusted_proxies")
 
 
 def _boolean(raw, name: str) -> bool:

@@ -1,5 +1,6 @@
 """Edge configuration (edge/config.py): one YAML file plus the environment, parsed strictly."""
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,10 @@ def test_the_example_file_reads_as_documented():
     assert (config.host, config.port, config.workers) == ("127.0.0.1", 8080, 2)
     assert (config.auth_cache_ttl, config.auth_cache_size, config.stale_auth_seconds) == (10, 100_000, 300)
     assert (config.spool_dir, config.spool_fsync_ms, config.lease_ttl_seconds) == (".run/spool", 50, 600)
-    assert (config.body_limit_bytes, config.default_max_tokens, config.trust_forwarded_for) == (
+    assert (config.body_limit_bytes, config.default_max_tokens, config.trusted_proxies) == (
         10485760,
         4096,
-        False,
+        (),
     )
     assert config.pepper == PEPPER.encode()
     assert config.redis_url == "redis://127.0.0.1:6379/3"
@@ -137,7 +138,7 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             {"listn": {"port": 1}, "routes": ROUTES},
             {},
             "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
-            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trust_forwarded_for, workers)",
+            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, workers)",
         ),
         (
             {"spool": {"directory": "/tmp"}, "routes": ROUTES},
@@ -146,9 +147,34 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
         ),
         ({"auth_cache": 10, "routes": ROUTES}, {}, "auth_cache must be a mapping"),
         (
-            {"trust_forwarded_for": "maybe", "routes": ROUTES},
+            {"trust_forwarded_for": True, "routes": ROUTES},
             {},
-            "trust_forwarded_for must be true or false, got 'maybe'",
+            "trust_forwarded_for has been removed: list the proxies in front of the edge in trusted_proxies",
+        ),
+        (
+            {"trusted_proxies": ["10.0.0.0/8", "10.0.0.1/8"], "routes": ROUTES},
+            {},
+            "trusted_proxies has an entry that is not a CIDR: '10.0.0.1/8'",
+        ),
+        (
+            {"trusted_proxies": ["proxy.internal"], "routes": ROUTES},
+            {},
+            "trusted_proxies has an entry that is not a CIDR: 'proxy.internal'",
+        ),
+        (
+            {"trusted_proxies": ["2001:db8::/129"], "routes": ROUTES},
+            {},
+            "trusted_proxies has an entry that is not a CIDR: '2001:db8::/129'",
+        ),
+        (
+            {"trusted_proxies": "10.0.0.0/8", "routes": ROUTES},
+            {},
+            "trusted_proxies must be a list of CIDRs, got '10.0.0.0/8'",
+        ),
+        (
+            {"routes": ROUTES},
+            {"EDGE_TRUSTED_PROXIES": "127.0.0.1/32, 10.0.0.256"},
+            "EDGE_TRUSTED_PROXIES has an entry that is not a CIDR: '10.0.0.256'",
         ),
         ({"routes": ROUTES}, {"EDGE_PORT": "http"}, "EDGE_PORT must be a number, got 'http'"),
     ],
@@ -159,9 +185,26 @@ def test_a_bad_setting_is_refused_with_a_message_that_names_it(tmp_path, data, e
     assert str(caught.value) == message
 
 
-def test_trust_forwarded_for_reads_yaml_and_string_booleans(tmp_path):
-    assert load(tmp_path, {"trust_forwarded_for": True, "routes": ROUTES}).trust_forwarded_for is True
-    assert load(tmp_path, {"trust_forwarded_for": "false", "routes": ROUTES}).trust_forwarded_for is False
+def test_trusted_proxies_are_parsed_once_into_networks(tmp_path):
+    config = load(
+        tmp_path, {"trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "2001:db8::/32"], "routes": ROUTES}
+    )
+
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+
+
+def test_edge_trusted_proxies_replaces_the_files_list_even_when_empty(tmp_path):
+    data = {"trusted_proxies": ["10.0.0.0/8"], "routes": ROUTES}
+
+    assert load(tmp_path, data, EDGE_TRUSTED_PROXIES=" 127.0.0.1/32, ::1 ").trusted_proxies == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert load(tmp_path, data, EDGE_TRUSTED_PROXIES="").trusted_proxies == ()
 
 
 def test_python_m_edge_with_a_bad_config_exits_2_and_says_why(tmp_path):
