@@ -7,7 +7,6 @@ working from its last record for ``auth_cache.stale_seconds``; anything else is 
 503 with ``Retry-After``, never 401: the key may well be valid.
 """
 
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from edge import keyformat, metrics
 from edge.config import EdgeConfig
 from edge.errors import EdgeError, invalid_key, service_unavailable
-from edge.records import KEY_PREFIX, KeyRecord, RecordError, parse_key_record
+from edge.records import KEY_PREFIX, KeyRecord, RecordError, address_in, parse_key_record
 from edge.resp import RespError, unreachable
 from edge.store import DataPlane
 
@@ -163,26 +162,15 @@ def client_address(peer: str | None, forwarded: str, trusted) -> str | None:
     leftmost; empty entries are skipped, and with none left the peer is the client. The rule
     of uvicorn's ProxyHeadersMiddleware and Werkzeug's ProxyFix.
     """
-    if not _is_trusted(peer, trusted):
+    if not address_in(peer, trusted):
         return peer
     entries = [entry for entry in (part.strip() for part in forwarded.split(",")) if entry]
     if not entries:
         return peer
     for entry in reversed(entries):
-        if not _is_trusted(entry, trusted):
+        if not address_in(entry, trusted):
             return entry
     return entries[0]
-
-
-def _is_trusted(address: str | None, trusted) -> bool:
-    """Whether an address lies in a trusted network; something that is not an address never does."""
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
 
 
 def _check_standing(record: KeyRecord) -> None:

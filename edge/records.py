@@ -65,15 +65,18 @@ class KeyRecord:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.allowed_models)
 
     def allows_ip(self, address: str | None) -> bool:
-        if not self.allowed_networks:
-            return True
-        if not address:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.allowed_networks)
+        return not self.allowed_networks or address_in(address, self.allowed_networks)
+
+
+def address_in(address: str | None, networks) -> bool:
+    """Whether an address lies in one of the networks; something that is not an address never does."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def _limits(raw: dict | None, budget: dict | None) -> Limits:

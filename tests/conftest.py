@@ -99,3 +99,13 @@ def raw_events_cleared():
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE usage_event")
+
+
+@pytest.fixture
+def redis_client(settings):
+    """A client of the test's own Redis database (the one the portal and the edges use)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()

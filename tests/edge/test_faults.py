@@ -14,7 +14,6 @@ import time
 
 import httpx
 import pytest
-import redis
 
 from portal.audit import Actor
 from tests.edge.conftest import EdgeProcess
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.django_db
 
 PRICED = "priced-model"
 RESERVATION = 10 * 100_000  # max_tokens=10 at 100000 millionths of a cent per output token
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ counter or lease moves, so the limits hold exactly as before the bad request."""
 
 import httpx
 import pytest
-import redis
 
 pytestmark = pytest.mark.django_db
 
@@ -15,13 +14,6 @@ PROMPT_ESTIMATE = len(b"hello there") // 3 + 5
 @pytest.fixture(scope="module")
 def bounds_edge(start_module_edge, mock_upstream):
     return start_module_edge([{"model": "*", "upstreams": [mock_upstream.url]}])
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import time
 import httpx
 import orjson
 import pytest
-import redis
 
 from portal.audit import Actor
 from tests.edge.sliding import retry_afters
@@ -28,13 +27,6 @@ def edges(edge_pair, mock_upstream):
     """The pair, with the model server's counters at zero; every test uses fresh keys."""
     mock_upstream.reset()
     return edge_pair
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
 
 
 def chat(model: str = "mock-model", max_tokens: int | None = None) -> dict:

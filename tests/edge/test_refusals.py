@@ -12,7 +12,6 @@ from datetime import timedelta
 import httpx
 import openai
 import pytest
-import redis
 from django.utils import timezone
 
 from edge import keyformat
@@ -234,13 +233,6 @@ def test_address_outside_the_allow_list_is_403_and_inside_is_served(make_key, cl
         code="ip_not_allowed",
     )
     assert chat(client_for(inside)).choices[0].message.content
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
 
 
 def test_rpm_limit_refuses_the_third_request_with_rate_limit_headers(

@@ -12,7 +12,6 @@ import math
 
 import httpx
 import pytest
-import redis
 
 from tests.edge.sliding import WINDOW, earliest, redis_ms, retry_afters, sleep_until
 
@@ -29,13 +28,6 @@ LEAD_MS = 150  # time to seed and send before the chosen instant
 @pytest.fixture(scope="module")
 def retry_edge(start_module_edge, mock_upstream):
     return start_module_edge([{"model": "*", "upstreams": [mock_upstream.url]}])
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
 
 
 @pytest.fixture

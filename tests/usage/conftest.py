@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import pytest
-import redis
 
 from keys import services as key_services
 from keys.models import ApiKey
@@ -34,10 +33,3 @@ def tenant(db) -> Tenant:
 def other_tenant(db) -> Tenant:
     owner = make_user()
     return Tenant(org=make_org(owner, name="Globex"), owner=owner)
-
-
-@pytest.fixture
-def redis_client(settings):
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
