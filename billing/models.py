@@ -31,3 +31,172 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+class Plan(models.Model):
+    """What an organization pays: a monthly fee, model prices and default limits."""
+
+    name = models.CharField(max_length=100, unique=True)
+    currency = models.CharField(max_length=3, default="usd", help_text="ISO 4217 code, lower case.")
+    monthly_fee_minor = models.BigIntegerField(default=0, help_text="Platform fee per month in minor units.")
+    is_default = models.BooleanField(default=False, help_text="The plan of organizations never given one.")
+    # Limits given to an organization that joins the plan (each organization may then differ).
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    budget_monthly_minor = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="plan_one_default"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(monthly_fee_minor__gte=0), name="plan_fee_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(currency__regex=r"^[a-z]{3}$"), name="plan_currency_iso"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PlanPrice(models.Model):
+    """A plan's own price for a model from an hour on; models without one use ``ModelPrice``."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="prices")
+    model = models.CharField(max_length=200)
+    input_per_mtok_minor = models.DecimalField(max_digits=16, decimal_places=6)
+    output_per_mtok_minor = models.DecimalField(max_digits=16, decimal_places=6)
+    cached_input_per_mtok_minor = models.DecimalField(max_digits=16, decimal_places=6)
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["plan", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "model", "effective_from"], name="planprice_unique_version"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(input_per_mtok_minor__gte=0)
+                & models.Q(output_per_mtok_minor__gte=0)
+                & models.Q(cached_input_per_mtok_minor__gte=0),
+                name="planprice_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan}: {self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+class PlanAssignment(models.Model):
+    """An organization's plan from the first day of a period on (changes apply from the next)."""
+
+    organization = models.ForeignKey("portal.Organization", on_delete=models.CASCADE, related_name="+")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    period = models.DateField(help_text="First day of the month from which the plan applies.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["organization", "-period"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "period"], name="planassignment_one_per_period"),
+            models.CheckConstraint(condition=models.Q(period__day=1), name="planassignment_first_of_month"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} on {self.plan_id} from {self.period:%Y-%m}"
+
+
+class Customer(models.Model):
+    """An organization's Stripe customer."""
+
+    organization = models.OneToOneField("portal.Organization", on_delete=models.PROTECT, related_name="+")
+    stripe_customer_id = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.stripe_customer_id
+
+
+class Invoice(models.Model):
+    """One organization's bill for one month, computed here and mirrored to Stripe."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+        VOID = "void", "Void"
+
+    organization = models.ForeignKey("portal.Organization", on_delete=models.PROTECT, related_name="+")
+    period = models.DateField(help_text="First day of the billed month.")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    total_minor = models.BigIntegerField(default=0)
+    # Empty when the invoice has nothing to pay: such invoices never reach Stripe.
+    stripe_invoice_id = models.CharField(max_length=255, blank=True, default="")
+    no_charge_reason = models.CharField(max_length=200, blank=True, default="")
+    push_attempts = models.PositiveIntegerField(default=0)
+    last_push_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period", "organization"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "period"], name="invoice_one_per_period"),
+            models.CheckConstraint(condition=models.Q(period__day=1), name="invoice_first_of_month"),
+        ]
+        indexes = [models.Index(fields=["status", "period"])]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.period:%Y-%m}"
+
+
+class InvoiceLine(models.Model):
+    """One priced line; the invoice total is the sum of its lines."""
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        FEE = "fee", "Platform fee"
+        CREDIT = "credit", "Credit"
+
+    class Tokens(models.TextChoices):
+        INPUT = "input", "Input tokens"
+        CACHED_INPUT = "cached_input", "Cached input tokens"
+        OUTPUT = "output", "Output tokens"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    model = models.CharField(max_length=200, blank=True, default="")
+    tokens = models.CharField(max_length=16, choices=Tokens.choices, blank=True, default="")
+    quantity = models.BigIntegerField(default=0, help_text="Tokens, or 1 for a fee or credit.")
+    # The unit price when one price applied to the whole line; empty when it changed mid-period.
+    unit_price_per_mtok_minor = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
+    amount_minor = models.BigIntegerField()
+    description = models.CharField(max_length=500)
+    stripe_invoice_item_id = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position"),
+            models.CheckConstraint(
+                condition=~models.Q(kind="credit") | models.Q(amount_minor__lte=0),
+                name="invoiceline_credit_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.description

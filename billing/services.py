@@ -3,9 +3,10 @@ from decimal import Decimal, InvalidOperation
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.models import ModelPrice
+from billing.models import ModelPrice, Plan, PlanAssignment, PlanPrice
 from portal.audit import Actor, audit_record
 from portal.errors import Conflict, DomainError
+from usage.partitions import add_months, month_start
 
 
 def _amount(value, field: str) -> Decimal:
@@ -18,6 +19,35 @@ def _amount(value, field: str) -> Decimal:
     return amount
 
 
+def _price_start(effective_from):
+    """Return when a price starts: on the hour given, or the current hour (usage is rated hourly)."""
+    if effective_from in (None, ""):
+        return timezone.now().replace(minute=0, second=0, microsecond=0)
+    if effective_from.minute or effective_from.second or effective_from.microsecond:
+        raise DomainError(
+            "A price takes effect on the hour (minutes and seconds zero).", field="effective_from"
+        )
+    return effective_from
+
+
+def _price_amounts(input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor):
+    input_price = _amount(input_per_mtok_minor, "input_per_mtok_minor")
+    output_price = _amount(output_per_mtok_minor, "output_per_mtok_minor")
+    cached_price = (
+        input_price
+        if cached_input_per_mtok_minor in (None, "")
+        else _amount(cached_input_per_mtok_minor, "cached_input_per_mtok_minor")
+    )
+    return input_price, output_price, cached_price
+
+
+def _model_name(model: str) -> str:
+    model = model.strip()
+    if not model or len(model) > 200:
+        raise DomainError("Name the model (1 to 200 characters).", field="model")
+    return model
+
+
 def model_price_set(
     *,
     actor: Actor,
@@ -28,15 +58,10 @@ def model_price_set(
     effective_from=None,
 ) -> ModelPrice:
     """Add a price version for a model; the edge sees it once it takes effect."""
-    model = model.strip()
-    if not model or len(model) > 200:
-        raise DomainError("Name the model (1 to 200 characters).", field="model")
-    input_price = _amount(input_per_mtok_minor, "input_per_mtok_minor")
-    output_price = _amount(output_per_mtok_minor, "output_per_mtok_minor")
-    cached_price = (
-        input_price
-        if cached_input_per_mtok_minor in (None, "")
-        else _amount(cached_input_per_mtok_minor, "cached_input_per_mtok_minor")
+    model = _model_name(model)
+    effective_from = _price_start(effective_from)
+    input_price, output_price, cached_price = _price_amounts(
+        input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor
     )
     with transaction.atomic():
         try:
@@ -46,7 +71,7 @@ def model_price_set(
                     input_per_mtok_minor=input_price,
                     output_per_mtok_minor=output_price,
                     cached_input_per_mtok_minor=cached_price,
-                    effective_from=effective_from or timezone.now(),
+                    effective_from=effective_from,
                     created_by=actor.user,
                 )
         except IntegrityError:
@@ -71,3 +96,65 @@ def _publish():
     from billing.edge_prices import prices_publish
 
     prices_publish()
+
+
+def plan_price_set(
+    *,
+    actor: Actor,
+    plan: Plan,
+    model: str,
+    input_per_mtok_minor,
+    output_per_mtok_minor,
+    cached_input_per_mtok_minor=None,
+    effective_from=None,
+) -> PlanPrice:
+    """Add a version of a plan's own price for a model (it overrides the global price)."""
+    model = _model_name(model)
+    effective_from = _price_start(effective_from)
+    input_price, output_price, cached_price = _price_amounts(
+        input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor
+    )
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                price = PlanPrice.objects.create(
+                    plan=plan,
+                    model=model,
+                    input_per_mtok_minor=input_price,
+                    output_per_mtok_minor=output_price,
+                    cached_input_per_mtok_minor=cached_price,
+                    effective_from=effective_from,
+                )
+        except IntegrityError:
+            raise Conflict("A price for this model already starts at that moment in this plan.") from None
+        audit_record(
+            actor=actor,
+            action="plan.price_set",
+            target=price,
+            metadata={
+                "plan": plan.name,
+                "model": model,
+                "input": str(input_price),
+                "output": str(output_price),
+                "cached_input": str(cached_price),
+                "effective_from": effective_from.isoformat(),
+            },
+        )
+    return price
+
+
+def organization_plan_change(*, actor: Actor, organization, plan: Plan) -> PlanAssignment:
+    """Put an organization on ``plan`` from the next period on (the current one keeps its plan)."""
+    period = add_months(month_start(timezone.now().date()), 1)
+    with transaction.atomic():
+        assignment, _ = PlanAssignment.objects.update_or_create(
+            organization=organization, period=period, defaults={"plan": plan}
+        )
+        audit_record(
+            actor=actor,
+            action="organization.plan_changed",
+            organization=organization,
+            target=assignment,
+            metadata={"plan": plan.name, "from_period": period.isoformat()},
+        )
+    return assignment
