@@ -10,8 +10,9 @@ from billing.rating import Price, PriceBook, Rating, Usage, rate
 
 
 def plan_default() -> Plan:
-    """Return the plan of organizations never given one (a migration creates it)."""
-    return Plan.objects.get(is_default=True)
+    """Return the plan of organizations never given one (free, in dollars, unless staff change it)."""
+    plan, _ = Plan.objects.get_or_create(is_default=True, defaults={"name": "Standard"})
+    return plan
 
 
 def plans_for_period(*, period: date, organization_ids=None) -> dict[int, Plan]:

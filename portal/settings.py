@@ -195,6 +195,10 @@ USAGE_DEAD_CONSUMER_IDLE_MS = env_int(
 USAGE_LATE_WINDOW_DAYS = env_int("USAGE_LATE_WINDOW_DAYS", 35, minimum=1)
 USAGE_RAW_RETENTION_MONTHS = env_int("USAGE_RAW_RETENTION_MONTHS", 13, minimum=1)
 
+# --- Billing -------------------------------------------------------------------------------
+# A month closes this long after it ends, so that the edge's last events of the month land in it.
+BILLING_CLOSE_GRACE_MINUTES = env_int("BILLING_CLOSE_GRACE_MINUTES", 60, minimum=0)
+
 # --- OAuth2 / OpenID Connect provider (machine tokens for the API) -----------------------
 IDP_OIDC_PRIVATE_KEY = env_str("OIDC_IDP_PRIVATE_KEY", "")
 _idp_key_file = env_str("OIDC_IDP_PRIVATE_KEY_FILE", "")

@@ -18,8 +18,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from edge.events import SCHEMA_VERSION, UsageEvent
-from usage.models import ClosedPeriod
 from usage.partitions import add_months
+from usage.periods import closed_periods_locked
 
 MAX_TOKENS = 10**12
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant Python can hold
@@ -219,9 +219,9 @@ def usage_events_ingest(events: list[Event]) -> set[uuid.UUID]:
     for event in events:
         unique.setdefault(event.event_id, event)
     now = timezone.now()
-    closed = set(ClosedPeriod.objects.values_list("period", flat=True))
     periods: dict[tuple[int, int], tuple[date, bool]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
+        closed = closed_periods_locked()
         cursor.execute(_STAGE)
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
