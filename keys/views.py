@@ -1,7 +1,8 @@
 """Console pages for API keys and service accounts: thin views over keys.services and keys.selectors.
 
-A page that shows a secret is the response to the POST that minted it: never a redirect,
-so the secret is in no URL, no session and (``Cache-Control: no-store``) no cache.
+A form that mints a secret redirects after success, like every console form; the page it
+redirects to shows the secret once from a server-side stash (``portal.reveal``), with
+``Cache-Control: no-store``. A reload neither repeats the action nor shows the secret again.
 """
 
 from django.conf import settings
@@ -30,6 +31,7 @@ from keys.models import ApiKey, ServiceAccount
 from portal.audit import Actor
 from portal.console import OrganizationMixin
 from portal.errors import DomainError
+from portal.reveal import reveal_stash, reveal_take
 from portal.roles import Perm
 
 KEYS_PER_PAGE = 50
@@ -46,16 +48,41 @@ class ConsolePage(OrganizationMixin, TemplateView):
     def page(self, template: str, status: int = 200, **context) -> TemplateResponse:
         return TemplateResponse(self.request, template, self.get_context_data(**context), status=status)
 
-    def reveal_key(self, key: ApiKey, secret: str, **context) -> TemplateResponse:
-        """Render the one-time page holding a key's new secret, with snippets that use it."""
-        return self.page(
-            "keys/key_reveal.html",
-            key=key,
-            secret=secret,
-            edge_url=settings.EDGE_PUBLIC_URL,
-            example_model=_example_model(key),
-            **context,
+    def redirect_to_secret(self, url_name: str, object_id: str, payload: dict):
+        """Stash a new secret for the page ``url_name`` and send the browser there to read it."""
+        reveal_id = reveal_stash(
+            request=self.request,
+            organization=self.organization,
+            page=url_name,
+            object_id=object_id,
+            payload=payload,
         )
+        return redirect(url_name, self.organization.slug, object_id, reveal_id)
+
+
+@method_decorator(never_cache, name="dispatch")
+class SecretRevealView(ConsolePage):
+    """Show a secret stashed by the form that redirected here, once; afterwards say it is gone."""
+
+    gone_template = "keys/secret_gone.html"
+
+    def object_id(self) -> str:
+        raise NotImplementedError
+
+    def reveal_context(self, payload: dict) -> dict:
+        raise NotImplementedError
+
+    def get(self, request, org_slug, reveal_id, **kwargs):
+        payload = reveal_take(
+            request=request,
+            organization=self.organization,
+            page=request.resolver_match.url_name,
+            object_id=self.object_id(),
+            reveal_id=reveal_id,
+        )
+        if payload is None:
+            return self.page(self.gone_template, status=410)
+        return self.page(self.template_name, **self.reveal_context(payload))
 
 
 class KeyListView(ConsolePage):
@@ -97,7 +124,8 @@ class KeyCreateView(ConsolePage):
             except DomainError as error:
                 form.add_domain_error(error)
             else:
-                return self.reveal_key(key, secret)
+                messages.success(request, f"Created the key {key.name}.")
+                return self.redirect_to_secret("org-key-secret", key.public_id, {"secret": secret})
         return self.page(self.template_name, status=400, form=form)
 
 
@@ -160,8 +188,33 @@ class KeyRotateView(KeyObjectMixin, ConsolePage):
                 form.add_error(None, error.message)
                 status = error.status
             else:
-                return self.reveal_key(key, secret, rotated=True, previous=previous)
+                messages.success(request, f"Rotated the key {key.name}.")
+                return self.redirect_to_secret(
+                    "org-key-secret",
+                    key.public_id,
+                    {"secret": secret, "rotated": True, "previous": previous.pk if previous else None},
+                )
         return self.page(self.template_name, status=status, form=form)
+
+
+class KeySecretView(KeyObjectMixin, SecretRevealView):
+    """Where creating or rotating a key lands: its new secret, with snippets that use it."""
+
+    template_name = "keys/key_reveal.html"
+    required_permission = Perm.KEYS_MANAGE
+
+    def object_id(self) -> str:
+        return self.key.public_id
+
+    def reveal_context(self, payload: dict) -> dict:
+        previous = payload.get("previous")
+        return {
+            "secret": payload["secret"],
+            "rotated": payload.get("rotated", False),
+            "previous": self.key.secrets.filter(pk=previous).first() if previous else None,
+            "edge_url": settings.EDGE_PUBLIC_URL,
+            "example_model": _example_model(self.key),
+        }
 
 
 class KeyRevokeView(KeyObjectMixin, ConsolePage):
@@ -196,26 +249,21 @@ class ServiceAccountListView(ConsolePage):
         form = ServiceAccountForm(request.POST)
         if form.is_valid():
             try:
-                account, client_id, secret = services.service_account_create(
+                account, _client_id, secret = services.service_account_create(
                     actor=Actor.from_request(request), organization=self.organization, **form.cleaned_data
                 )
             except DomainError as error:
                 form.add_domain_error(error)
             else:
-                return self.page(
-                    "keys/service_account_reveal.html",
-                    account=account,
-                    client_id=client_id,
-                    client_secret=secret,
-                    token_url=settings.SITE_URL + reverse("idp:oidc:token"),
-                    keys_api_url=settings.SITE_URL + reverse("api-keys"),
+                messages.success(request, f"Created the service account {account.name}.")
+                return self.redirect_to_secret(
+                    "org-service-account-secret", account.public_id, {"client_secret": secret}
                 )
         return self.page(self.template_name, status=400, form=form)
 
 
-class ServiceAccountRevokeView(ConsolePage):
-    template_name = "keys/service_account_revoke.html"
-    required_permission = Perm.MEMBERS_MANAGE
+class ServiceAccountObjectMixin:
+    """Find the service account named in the URL within the organization; any other id answers 404."""
 
     @cached_property
     def account(self) -> ServiceAccount:
@@ -227,7 +275,31 @@ class ServiceAccountRevokeView(ConsolePage):
         return account
 
     def get_context_data(self, **kwargs):
-        return super().get_context_data(account=self.account, **kwargs)
+        kwargs.setdefault("account", self.account)
+        return super().get_context_data(**kwargs)
+
+
+class ServiceAccountSecretView(ServiceAccountObjectMixin, SecretRevealView):
+    """Where creating a service account lands: its client secret and how to get a token."""
+
+    template_name = "keys/service_account_reveal.html"
+    required_permission = Perm.MEMBERS_MANAGE
+
+    def object_id(self) -> str:
+        return self.account.public_id
+
+    def reveal_context(self, payload: dict) -> dict:
+        return {
+            "client_id": self.account.client_id_display,
+            "client_secret": payload["client_secret"],
+            "token_url": settings.SITE_URL + reverse("idp:oidc:token"),
+            "keys_api_url": settings.SITE_URL + reverse("api-keys"),
+        }
+
+
+class ServiceAccountRevokeView(ServiceAccountObjectMixin, ConsolePage):
+    template_name = "keys/service_account_revoke.html"
+    required_permission = Perm.MEMBERS_MANAGE
 
     def post(self, request, org_slug, account_id):
         try:

@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from keys import services
 from keys.models import ApiKey
+from portal.models import AuditEvent
 from portal.roles import Role
 from tests.e2e.conftest import log_in
 from tests.factories import add_member, make_org, make_user
@@ -116,3 +117,43 @@ def test_developer_creates_rotates_and_revokes_a_key(new_context, live_server, s
             assert record["status"] == "revoked"
     finally:
         client.close()
+
+
+def test_reload_after_creating_or_rotating_a_key_repeats_nothing_and_hides_the_secret(page, live_server):
+    base = live_server.url
+    organization = make_org(make_user("owner@example.com"), name="Acme AI")
+    log_in(page, base, "owner@example.com")
+
+    page.goto(f"{base}/o/{organization.slug}/keys/new/")
+    form = page.locator("#key-form")
+    form.get_by_label("Name").fill("Nightly batch")
+    form.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your new key Nightly batch")
+    expect(page.get_by_role("status")).to_have_text("Created the key Nightly batch.")
+    secret = page.get_by_label("Secret key").input_value()
+    assert SECRET.match(secret)
+    key = ApiKey.objects.for_organization(organization).get()
+    assert key.secrets.get().secret_hash == services.secret_hash(secret)
+
+    response = page.reload()
+    assert response.status == 410
+    expect(page.locator("#secret-gone")).to_contain_text(
+        "This secret was shown once and is no longer available."
+    )
+    expect(page.get_by_label("Secret key")).to_have_count(0)
+    assert secret not in page.content()
+    assert ApiKey.objects.for_organization(organization).count() == 1
+
+    page.goto(f"{base}/o/{organization.slug}/keys/{key.public_id}/rotate/")
+    page.get_by_label(re.compile(r"^\s*Immediately")).check()
+    page.get_by_role("button", name="Rotate key").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("New secret for Nightly batch")
+    rotated = page.get_by_label("Secret key").input_value()
+    assert SECRET.match(rotated) and rotated != secret
+
+    response = page.reload()
+    assert response.status == 410
+    expect(page.locator("#secret-gone")).to_contain_text("rotate the key Nightly batch to get a new secret")
+    assert rotated not in page.content()
+    assert [row.secret_hash for row in key.secrets.live()] == [services.secret_hash(rotated)]
+    assert AuditEvent.objects.filter(organization=organization, action="key.rotated").count() == 1
