@@ -151,6 +151,10 @@ def output_text(obj: dict) -> str:
 
 # An event that carries a usage object (not "usage": null, which some servers send on every chunk).
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# An event with any usage member. Servers send "usage": null on every chunk once usage is asked
+# for, so when the edge asked on the client's behalf even a null one is not the client's to see.
+_USAGE_MEMBER = re.compile(rb'"usage"\s*:')
+_COMPACT_NULL_USAGE = b',"usage":null'
 # Events kept for a fallback token count are read into text beyond this, to bound memory.
 _KEEP_BYTES = 1 << 20
 
@@ -161,13 +165,15 @@ class SSEUsage:
 
     ``feed(chunk)`` returns the bytes to forward now: complete events only. When the edge
     asked for usage on the client's behalf, the usage-only chunk is dropped and a chunk that
-    carries usage beside its choices goes on re-written without it. Only events that carry a
-    usage object are parsed on the way; the rest go on byte for byte and are read for their
-    text only if the stream ends without usage (``text()``, for a tokenizer count).
+    carries usage (an object, or ``null``) beside its choices goes on re-written without it.
+    Only events that carry usage (an object; or any, when it is dropped) are parsed on the
+    way; the rest go on byte for byte and are read for their text only if the stream ends
+    without usage (``text()``, for a tokenizer count).
     """
 
     def __init__(self, *, drop_usage_chunk: bool):
         self.drop_usage_chunk = drop_usage_chunk
+        self._carries_usage = _USAGE_MEMBER if drop_usage_chunk else _USAGE_OBJECT
         self.usage: tuple[int, int, int] | None = None
         self._buffer = b""
         self._kept: list[bytes] = []
@@ -182,7 +188,11 @@ class SSEUsage:
             self._buffer = buffer
             return b""
         complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
-        if _USAGE_OBJECT.search(complete) is not None:
+        if self.drop_usage_chunk:
+            # The compact form of a null usage member goes as bytes, without a parse: a quote
+            # right after a comma is never inside a JSON string (there it would be escaped).
+            complete = complete.replace(_COMPACT_NULL_USAGE, b"")
+        if self._carries_usage.search(complete) is not None:
             complete = self._take_usage(complete)
         if self.usage is None:
             self._keep(complete)
@@ -233,19 +243,19 @@ class SSEUsage:
         forward = []
         for event in complete[:-2].split(b"\n\n"):
             event += b"\n\n"
-            if _USAGE_OBJECT.search(event) is not None:
-                obj = _event_json(event)
-                usage = usage_from(obj) if obj is not None else None
+            obj = _event_json(event) if self._carries_usage.search(event) is not None else None
+            if obj is not None and "usage" in obj:
+                usage = usage_from(obj)
                 if usage is not None:
                     self.usage = usage
                     self._kept.clear()  # no tokenizer count is needed now
                     self._text.clear()
-                    if self.drop_usage_chunk:
-                        if not obj.get("choices"):
-                            continue
-                        # Some servers put usage on the last content chunk: the words go on,
-                        # the usage the client never asked for does not.
-                        event = _without_usage(event, obj)
+                if self.drop_usage_chunk:
+                    if usage is not None and not obj.get("choices"):
+                        continue
+                    # Some servers put usage on the last content chunk, or null on every
+                    # chunk: the words go on, the usage the client never asked for does not.
+                    event = _without_usage(event, obj)
             forward.append(event)
         return b"".join(forward)
 

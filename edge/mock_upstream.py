@@ -9,7 +9,8 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both streami
 and body). Counters and the last request live in the worker process: read them with one worker.
 
 Every answer is a pure function of the request, so two equal requests get equal bodies
-(``created`` is a fixed timestamp and ids are hashes of the request body):
+(``created`` is a fixed timestamp and ids are hashes of the request's fields other than
+``stream_options``, which a proxy may add; tool call ids are hashes of the answer's id):
 
 - ``prompt_tokens`` is the number of whitespace-separated words in every message's text
   content (string content, or the ``text`` of ``text`` parts), or in the prompt / the
@@ -18,11 +19,19 @@ Every answer is a pure function of the request, so two equal requests get equal 
   a fixed lorem ipsum when there are none. Its length is ``min(max_tokens, words)`` where
   ``words`` is ``x-mock-words`` or ``--words`` (16); ``completion_tokens`` is that length and
   ``finish_reason`` is ``length`` when ``max_tokens`` (or ``max_completion_tokens``) cut it.
+- ``n`` choices (1), indexed from 0; choice ``i`` starts ``i`` words further into the source.
+- With ``tools`` (and ``tool_choice`` not ``none``) every chat choice is a ``tool_calls`` message
+  calling each function (or the one ``tool_choice`` names) with ``{"<first parameter>": reply}``
+  as arguments; ``finish_reason`` is ``tool_calls`` (or ``length``) and ``completion_tokens``
+  counts the reply's words once per call.
+- ``completion_tokens`` sums every choice's words.
 - ``usage.prompt_tokens_details.cached_tokens`` is the ``x-mock-cached-tokens`` header (0).
 - Embeddings are ``dimensions`` (8) float32-exact values in [-1, 1) from SHAKE-256 of the input.
 
 Streams are OpenAI's SSE: one word per ``chat.completion.chunk`` (or ``text_completion``),
 the role on the first chunk, ``finish_reason`` on the last content chunk, then ``data: [DONE]``.
+A tool call streams its id and name with the first word of its arguments, then a word per
+chunk. With ``n`` > 1 each chunk carries one choice, the choices taking turns.
 With ``stream_options.include_usage`` every chunk carries ``"usage": null`` and a last chunk
 with ``"choices": []`` carries the usage.
 
@@ -177,9 +186,10 @@ def _reply_length(body: dict, headers: dict[bytes, bytes], config: MockConfig) -
     return (limit, "length") if limit < words else (words, "stop")
 
 
-def _reply_words(source: list[str], count: int) -> list[str]:
+def _reply_words(source: list[str], count: int, start: int = 0) -> list[str]:
+    """Return ``count`` words of ``source`` (or lorem ipsum), round and round from ``start``."""
     source = source or LOREM
-    return [source[i % len(source)] for i in range(count)]
+    return [source[(start + i) % len(source)] for i in range(count)]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
@@ -207,16 +217,25 @@ def _embedding(item, dimensions: int) -> list[float]:
 class Generation:
     """What a chat or completions request asks for, parsed once."""
 
-    __slots__ = ("chat", "cached_tokens", "finish_reason", "id", "model", "prompt_tokens", "words")
+    __slots__ = (
+        "cached_tokens",
+        "chat",
+        "finish_reason",
+        "id",
+        "model",
+        "n",
+        "prompt_tokens",
+        "tools",
+        "words",
+    )
 
-    def __init__(
-        self, *, chat: bool, body: dict, raw: bytes, headers: dict[bytes, bytes], config: MockConfig
-    ):
+    def __init__(self, *, chat: bool, body: dict, headers: dict[bytes, bytes], config: MockConfig):
         self.chat = chat
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise MockError(400, "you must provide a model parameter", "model")
         self.model = model
+        self.tools: list[tuple[str, str]] = []
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -225,60 +244,151 @@ class Generation:
             self.prompt_tokens = sum(len(text.split()) for text in texts)
             users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
             source = texts[users[-1]].split() if users else []
+            self.tools = _called_tools(body)
         else:
             if "prompt" not in body:
                 raise MockError(400, "you must provide a prompt parameter", "prompt")
             items = _prompt_items(body["prompt"], "prompt")
             self.prompt_tokens = sum(_item_tokens(item) for item in items)
             source = _words(items[-1])
+        self.n = body.get("n") or 1
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= 128:
+            raise MockError(400, "n must be an integer between 1 and 128", "n")
         count, self.finish_reason = _reply_length(body, headers, config)
-        self.words = _reply_words(source, count)
+        if self.tools and self.finish_reason == "stop":
+            self.finish_reason = "tool_calls"
+        self.words = [_reply_words(source, count, choice) for choice in range(self.n)]
         self.cached_tokens = _int_header(headers, b"x-mock-cached-tokens", 0)
         prefix = "chatcmpl-" if chat else "cmpl-"
-        self.id = prefix + hashlib.blake2b(raw, digest_size=12).hexdigest()
+        self.id = prefix + _digest(_request_key(body))
 
     def usage(self) -> dict:
-        return _usage(self.prompt_tokens, len(self.words), self.cached_tokens)
+        calls = max(len(self.tools), 1)
+        return _usage(self.prompt_tokens, calls * sum(map(len, self.words)), self.cached_tokens)
+
+    def envelope(self, choices: list) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": CREATED,
+            "model": self.model,
+            "system_fingerprint": "fp_mock",
+            "choices": choices,
+        }
 
     def completion(self, with_usage: bool) -> dict:
-        text = " ".join(self.words)
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-                "logprobs": None,
-                "finish_reason": self.finish_reason,
-            }
-            answer = {"id": self.id, "object": "chat.completion", "created": CREATED, "model": self.model}
-        else:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": self.finish_reason}
-            answer = {"id": self.id, "object": "text_completion", "created": CREATED, "model": self.model}
-        answer["choices"] = [choice]
+        choices = []
+        for index, words in enumerate(self.words):
+            text = " ".join(words)
+            if not self.chat:
+                choices.append(
+                    {"text": text, "index": index, "logprobs": None, "finish_reason": self.finish_reason}
+                )
+                continue
+            message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            if self.tools:
+                message["content"] = None
+                message["tool_calls"] = [
+                    {
+                        "id": self.call_id(index, call),
+                        "type": "function",
+                        "function": {"name": name, "arguments": _dumps({field: text}).decode()},
+                    }
+                    for call, (name, field) in enumerate(self.tools)
+                ]
+            choices.append(
+                {"index": index, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
+            )
+        answer = {"id": self.id, "object": "chat.completion" if self.chat else "text_completion"}
+        answer.update(created=CREATED, model=self.model, choices=choices)
         if with_usage:
             answer["usage"] = self.usage()
         answer["system_fingerprint"] = "fp_mock"
         return answer
 
-    def chunk(self, index: int) -> dict:
-        """Return the content chunk for word ``index`` (the only chunk when there are no words)."""
-        last = index >= len(self.words) - 1
-        text = "" if not self.words else (self.words[index] if index == 0 else " " + self.words[index])
-        finish = self.finish_reason if last else None
-        if self.chat:
-            delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            obj = "chat.completion.chunk"
+    def chunks(self) -> list[dict]:
+        """Return the content chunks: one piece of one choice each, the choices interleaved."""
+        pieces = [self._pieces(index) for index in range(self.n)]
+        return [
+            self.envelope([choice_pieces[step]]) for step in range(len(pieces[0])) for choice_pieces in pieces
+        ]
+
+    def _pieces(self, index: int) -> list[dict]:
+        """Return one choice's stream: a word per chunk (of its text, or of each tool call's
+        arguments), the role on the first, the finish reason on the last."""
+        texts = [word if i == 0 else " " + word for i, word in enumerate(self.words[index])] or [""]
+        if not self.chat:
+            pieces = [
+                {"text": text, "index": index, "logprobs": None, "finish_reason": None} for text in texts
+            ]
         else:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-            obj = "text_completion"
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": CREATED,
-            "model": self.model,
-            "system_fingerprint": "fp_mock",
-            "choices": [choice],
-        }
+            if self.tools:
+                deltas = [
+                    delta
+                    for call in range(len(self.tools))
+                    for delta in self._call_deltas(index, call, texts)
+                ]
+            else:
+                deltas = [{"content": text} for text in texts]
+            deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
+            pieces = [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": None} for delta in deltas
+            ]
+        pieces[-1]["finish_reason"] = self.finish_reason
+        return pieces
+
+    def _call_deltas(self, index: int, call: int, texts: list[str]) -> list[dict]:
+        """Return the deltas of one tool call: its id and name first, then its arguments a word
+        at a time; joined, the arguments are those of the non-streamed answer."""
+        name, field = self.tools[call]
+        head, tail = _dumps({field: ""}).decode().split('""')
+        parts = [_dumps(text).decode()[1:-1] for text in texts]
+        parts[0] = head + '"' + parts[0]
+        parts[-1] += '"' + tail
+        first = {"index": call, "id": self.call_id(index, call), "type": "function"}
+        first["function"] = {"name": name, "arguments": parts[0]}
+        return [{"tool_calls": [first]}] + [
+            {"tool_calls": [{"index": call, "function": {"arguments": part}}]} for part in parts[1:]
+        ]
+
+    def call_id(self, choice: int, call: int) -> str:
+        return "call_" + _digest(f"{self.id}/{choice}/{call}".encode())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _request_key(body: dict) -> bytes:
+    """Return what identifies a request: its fields, in key order, without ``stream_options``
+    (a proxy may ask for usage on its client's behalf; the answer is the same one)."""
+    fields = {name: value for name, value in body.items() if name != "stream_options"}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _called_tools(body: dict) -> list[tuple[str, str]]:
+    """Return (name, argument) of each function to call: the one ``tool_choice`` names, else
+    every function in ``tools``; none when ``tool_choice`` is ``none``. The argument is the
+    first property of the function's parameters (``input`` when it has none)."""
+    tools = body.get("tools")
+    if not tools or body.get("tool_choice") == "none":
+        return []
+    if not isinstance(tools, list):
+        raise MockError(400, "'tools' must be a list", "tools")
+    functions = {}
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise MockError(400, "every tool must be a function with a name", "tools")
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        functions[function["name"]] = next(iter(properties), "input")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name not in functions:
+            raise MockError(400, f"tool_choice names an unknown function: {name}", "tool_choice")
+        return [(name, functions[name])]
+    return list(functions.items())
 
 
 class MockUpstream:
@@ -377,23 +487,23 @@ class MockUpstream:
                 raise MockError(400, "We could not parse the JSON body of your request.")
             if not isinstance(body, dict):
                 raise MockError(400, "The request body must be a JSON object.")
-        await handler[1](self, body, raw, headers, receive, send)
+        await handler[1](self, body, headers, receive, send)
 
-    async def models(self, body, raw, headers, receive, send):
+    async def models(self, body, headers, receive, send):
         await respond(send, 200, self.models_body)
 
-    async def chat_completions(self, body, raw, headers, receive, send):
+    async def chat_completions(self, body, headers, receive, send):
         await self.generate(
-            Generation(chat=True, body=body, raw=raw, headers=headers, config=self.config),
+            Generation(chat=True, body=body, headers=headers, config=self.config),
             body,
             headers,
             receive,
             send,
         )
 
-    async def completions(self, body, raw, headers, receive, send):
+    async def completions(self, body, headers, receive, send):
         await self.generate(
-            Generation(chat=False, body=body, raw=raw, headers=headers, config=self.config),
+            Generation(chat=False, body=body, headers=headers, config=self.config),
             body,
             headers,
             receive,
@@ -417,17 +527,16 @@ class MockUpstream:
         # stream learns that its client went away, so that it stops producing.
         gone = asyncio.ensure_future(receive())
         try:
-            count = max(len(generation.words), 1)
-            for index in range(count):
+            chunks = generation.chunks()
+            for index, chunk in enumerate(chunks):
                 if index and delay > 0:
                     await asyncio.wait((gone,), timeout=delay)
                 if gone.done():
                     self.streams_cancelled += 1
                     return
-                chunk = generation.chunk(index)
                 if usage_chunk:
                     chunk["usage"] = None
-                if in_last_chunk and index == count - 1:
+                if in_last_chunk and index == len(chunks) - 1:
                     chunk["usage"] = generation.usage()
                 await send(
                     {
@@ -437,8 +546,7 @@ class MockUpstream:
                     }
                 )
             if usage_chunk:
-                final = generation.chunk(0)
-                final["choices"] = []
+                final = generation.envelope([])
                 final["usage"] = generation.usage()
                 await send(
                     {
@@ -451,7 +559,7 @@ class MockUpstream:
         finally:
             gone.cancel()
 
-    async def embeddings(self, body, raw, headers, receive, send):
+    async def embeddings(self, body, headers, receive, send):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise MockError(400, "you must provide a model parameter", "model")

@@ -210,6 +210,103 @@ def test_completions_json_and_stream(client):
     assert usage_dict(chunks[-1].usage) == expected_usage(5, 3)
 
 
+ECHO = {
+    "type": "function",
+    "function": {
+        "name": "echo",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+    },
+}
+NOOP = {"type": "function", "function": {"name": "noop"}}
+
+
+def test_tools_answer_with_a_call_of_each_function_carrying_the_reply(client):
+    completion = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": 'say "hi"'}], tools=[ECHO, NOOP], max_tokens=3
+    )
+    named = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": 'say "hi"'}],
+        tools=[ECHO, NOOP],
+        tool_choice={"type": "function", "function": {"name": "noop"}},
+    )
+    refused = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "a"}], tools=[ECHO], tool_choice="none", max_tokens=1
+    )
+
+    [choice] = completion.choices
+    assert choice.message.content is None
+    assert choice.finish_reason == "length"
+    assert [(c.type, c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+        ("function", "echo", '{"text":"say \\"hi\\" say"}'),
+        ("function", "noop", '{"input":"say \\"hi\\" say"}'),
+    ]
+    assert all(c.id.startswith("call_") for c in choice.message.tool_calls)
+    assert len({c.id for c in choice.message.tool_calls}) == 2
+    assert usage_dict(completion.usage) == expected_usage(2, 6)  # 3 words, once per call
+    assert named.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in named.choices[0].message.tool_calls] == ["noop"]
+    assert refused.choices[0].message.tool_calls is None
+    assert refused.choices[0].message.content == "a"
+
+
+def test_streamed_tool_calls_join_into_the_calls_of_the_json_answer(client):
+    request = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x y"}],
+        "tools": [ECHO, NOOP],
+        "max_tokens": 2,
+    }
+    calls = client.chat.completions.create(**request).choices[0].message.tool_calls
+    chunks = list(client.chat.completions.create(**request, stream=True))
+
+    deltas = [chunk.choices[0].delta for chunk in chunks]
+    assert deltas[0].role == "assistant"
+    assert [[(c.index, c.type, c.function.name) for c in d.tool_calls] for d in deltas] == [
+        [(0, "function", "echo")],
+        [(0, None, None)],
+        [(1, "function", "noop")],
+        [(1, None, None)],
+    ]
+    ids = [d.tool_calls[0].id for d in deltas]
+    assert ids[0].startswith("call_") and ids[2].startswith("call_") and ids[0] != ids[2]
+    assert ids[1] is ids[3] is None
+    joined = ["", ""]
+    for delta in deltas:
+        joined[delta.tool_calls[0].index] += delta.tool_calls[0].function.arguments
+    assert joined == [call.function.arguments for call in calls] == ['{"text":"x y"}', '{"input":"x y"}']
+    assert [chunk.choices[0].finish_reason for chunk in chunks] == [None, None, None, "length"]
+
+
+def test_n_answers_n_choices_each_starting_a_word_further(client):
+    completion = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "a b c"}], n=3, max_tokens=2
+    )
+    chunks = list(client.completions.create(model="m", prompt="a b c", n=2, max_tokens=2, stream=True))
+
+    assert [(c.index, c.message.content) for c in completion.choices] == [(0, "a b"), (1, "b c"), (2, "c a")]
+    assert usage_dict(completion.usage) == expected_usage(3, 6)
+    assert [(c.choices[0].index, c.choices[0].text, c.choices[0].finish_reason) for c in chunks] == [
+        (0, "a", None),
+        (1, "b", None),
+        (0, " b", "length"),
+        (1, " c", "length"),
+    ]
+
+
+def test_ids_do_not_depend_on_stream_options_or_key_order(base):
+    plain = {"model": "m", "messages": [{"role": "user", "content": "a"}], "stream": True}
+    asked = {"stream_options": {"include_usage": True}, **plain}
+
+    def ids(body) -> set[str]:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+        return {json.loads(line.removeprefix("data: "))["id"] for line in lines}
+
+    assert len(ids(plain)) == 1
+    assert ids(plain) == ids(asked)
+
+
 def test_completion_token_array_prompt_counts_its_items(client):
     completion = client.completions.create(model="mock-model", prompt=[[1, 2, 3], [4]], max_tokens=1)
 

@@ -30,7 +30,7 @@ def run(chunks, *, drop_usage_chunk) -> tuple[bytes, SSEUsage]:
 def test_usage_only_chunk_is_read_and_dropped_when_the_client_did_not_ask():
     chunks = [delta("a"), delta(" b", usage=None), USAGE_ONLY, DONE]
     out, sse = run(chunks, drop_usage_chunk=True)
-    assert out == delta("a") + delta(" b", usage=None) + DONE
+    assert out == delta("a") + delta(" b") + DONE
     assert sse.usage == (11, 3, 4)
 
 
@@ -58,8 +58,8 @@ def test_usage_on_a_chunk_that_still_has_choices_is_read_and_stripped_when_the_c
     spaced = b'data:  {"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": null}\n\n'
     sse = SSEUsage(drop_usage_chunk=True)
     out = sse.feed(spaced + event(last_chunk(usage=USAGE)) + DONE)
-    # The other events go on byte for byte; the usage one keeps its fields, in their order.
-    assert out == spaced + event(last_chunk())
+    # Both lose their usage (null or not) and keep their other fields, in their order.
+    assert out == event({"choices": [{"index": 0, "delta": {"content": "a"}}]}) + event(last_chunk())
     assert sse.flush() == DONE  # still held back until the edge has recorded the request
     assert list(orjson.loads(out.split(b"\n\n")[1].removeprefix(b"data: "))) == [
         "id",
@@ -93,7 +93,7 @@ def test_a_stripped_event_keeps_its_other_lines_and_becomes_one_data_line():
 
 def test_a_stream_with_usage_on_its_last_content_chunk_is_the_same_split_at_any_byte():
     stream = delta("one") + delta(" two", usage=None) + event(last_chunk(usage=USAGE)) + DONE
-    expected = delta("one") + delta(" two", usage=None) + event(last_chunk()) + DONE
+    expected = delta("one") + delta(" two") + event(last_chunk()) + DONE
     for cut in range(len(stream) + 1):
         sse = SSEUsage(drop_usage_chunk=True)
         outputs = [sse.feed(stream[:cut]), sse.feed(stream[cut:])]
@@ -129,10 +129,35 @@ def test_completion_chunks_give_their_text_too():
     assert sse.text() == "abcabc"
 
 
-def test_null_usage_on_every_chunk_is_not_usage():
+def test_null_usage_on_every_chunk_is_not_usage_and_is_stripped_when_the_client_did_not_ask():
     out, sse = run([delta("x", usage=None), delta("y", usage=None)], drop_usage_chunk=True)
+    assert out == delta("x") + delta("y")
     assert sse.usage is None
     assert sse.text() == "xy"
+
+
+def test_null_usage_first_or_split_across_data_lines_is_stripped_too():
+    first = b'data: {"usage":null,"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    split = b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]\ndata: ,"usage":null}\n\n'
+    out, _ = run([first, split], drop_usage_chunk=True)
+    assert out == (
+        event({"choices": [{"index": 0, "delta": {"content": "a"}}]})
+        + b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]\ndata: }\n\n'  # still one JSON
+    )
+
+
+def test_null_usage_written_inside_the_text_is_text():
+    chunk = delta(',"usage":null and "usage": null')
+    out, sse = run([chunk], drop_usage_chunk=True)
+    assert out == chunk
+    assert sse.text() == ',"usage":null and "usage": null'
+
+
+def test_null_usage_on_every_chunk_is_forwarded_untouched_when_the_client_asked():
+    chunks = [delta("x", usage=None), b'data: {"choices": [], "usage" : null}\n\n', USAGE_ONLY, DONE]
+    out, sse = run(chunks, drop_usage_chunk=False)
+    assert out == b"".join(chunks)
+    assert sse.usage == (11, 3, 4)
 
 
 def test_a_long_stream_without_usage_keeps_its_text_within_bounds():
