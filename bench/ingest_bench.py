@@ -319,7 +319,7 @@ def phase_copy(events) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
         cursor.execute(f"CREATE TABLE {COPY_TABLE} (LIKE usage_event INCLUDING DEFAULTS)")
-        cursor.execute(f"ALTER TABLE {COPY_TABLE} ADD PRIMARY KEY (event_id, occurred_at)")
+        cursor.execute(f"ALTER TABLE {COPY_TABLE} ADD PRIMARY KEY (organization_id, event_id, occurred_at)")
         cursor.execute("CHECKPOINT")
     connection.ensure_connection()
     pg = connection.connection

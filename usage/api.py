@@ -19,7 +19,9 @@ from usage.export import usage_csv_response, usage_rows
 
 
 class UsageEventInSerializer(serializers.Serializer):
-    event_id = serializers.UUIDField(help_text="Your idempotency key for this event (UUID).")
+    event_id = serializers.UUIDField(
+        help_text="Your idempotency key for this event (UUID), unique within your organization."
+    )
     key_id = serializers.CharField(max_length=40, help_text="The Tollgate key that was used (key_…).")
     model = serializers.CharField(max_length=200)
     timestamp = serializers.DateTimeField(help_text="When the request finished (ISO 8601).")
@@ -58,8 +60,10 @@ class UsageEventsView(OrganizationAPIView):
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=UsageEventsInSerializer,
         responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 422, 429),
-        description="Post up to 1,000 usage events. Each gets a result: accepted, duplicate (not an error) "
-        "or rejected with the reason. Invalid items never stop the valid ones.",
+        description="Post up to 1,000 usage events. Each gets a result: accepted, duplicate (not an error: "
+        "this organization already posted an event with that `event_id`, whatever its timestamp) or "
+        "rejected with the reason. Event ids are unique per organization: another organization's event "
+        "with the same id is counted on its own. Invalid items never stop the valid ones.",
     )
     def post(self, request):
         batch = UsageEventsInSerializer(data=request.data)

@@ -4,6 +4,8 @@ Raw rows are inserted with ``ON CONFLICT DO NOTHING``; only the rows the databas
 inserted (``RETURNING``) are added to the hourly rollups, in the same transaction. A
 redelivered event therefore changes nothing, and two consumers racing on one event are
 serialised by the primary key: the second waits for the first to commit, then skips it.
+Event ids are unique per organization: the key is ``(organization_id, event_id,
+occurred_at)``, so one tenant's id never makes another tenant's event a duplicate.
 
 A batch travels by binary COPY into a session-local staging table, and one statement moves
 it into the raw table and folds the inserted rows into the rollups: no per-row work in
@@ -166,14 +168,15 @@ _COPY = f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 # One statement: move the staged rows into the raw table, skipping events already there,
 # and fold only the rows actually inserted into the hourly rollups and keys' last use.
-# Rows are taken in key order so that concurrent consumers lock them in the same order.
+# Rows are taken in key order so that concurrent consumers lock them in the same order. The
+# conflict target names the key, so the insert fails loudly on a table without it.
 _INGEST = f"""
 WITH staged AS (
     DELETE FROM usage_event_stage RETURNING *
 ), inserted AS (
     INSERT INTO usage_event ({_COLUMNS})
-    SELECT {_COLUMNS} FROM staged ORDER BY event_id, occurred_at
-    ON CONFLICT DO NOTHING
+    SELECT {_COLUMNS} FROM staged ORDER BY organization_id, event_id, occurred_at
+    ON CONFLICT (organization_id, event_id, occurred_at) DO NOTHING
     RETURNING event_id, occurred_at, organization_id, key_id, model, status, input_tokens,
         output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period
 ), rollup AS (
@@ -203,21 +206,21 @@ WITH staged AS (
     WHERE keys_apikey.id = batch.key_id
       AND (keys_apikey.last_used_at IS NULL OR keys_apikey.last_used_at < batch.used_at)
 )
-SELECT event_id FROM inserted
+SELECT organization_id, event_id FROM inserted
 """  # noqa: S608 - no input is formatted into the SQL, only the column list above
 
 
-def usage_events_ingest(events: list[Event]) -> set[uuid.UUID]:
+def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
     """Insert events and update rollups and keys' last use, in one transaction.
 
-    Return the ids that were new; the others were already counted.
+    Return the (organization id, event id) pairs that were new; the others were already counted.
     """
     if not events:
         return set()
-    # One event id at most once per statement (ON CONFLICT cannot see its own rows twice).
-    unique: dict[uuid.UUID, Event] = {}
+    # An organization's event id once per batch, whatever timestamps its copies carry.
+    unique: dict[tuple[int, uuid.UUID], Event] = {}
     for event in events:
-        unique.setdefault(event.event_id, event)
+        unique.setdefault((event.organization_id, event.event_id), event)
     now = timezone.now()
     periods: dict[tuple[int, int], tuple[date, bool]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
@@ -241,7 +244,7 @@ def usage_events_ingest(events: list[Event]) -> set[uuid.UUID]:
                     )
                 )  # fmt: skip
         cursor.execute(_INGEST)
-        return {row[0] for row in cursor.fetchall()}
+        return {(organization_id, event_id) for organization_id, event_id in cursor.fetchall()}
 
 
 def late_window() -> timedelta:

@@ -7,12 +7,15 @@ from portal.tenancy import TenantManager, UnscopedManager
 class UsageEvent(models.Model):
     """One served request, as metered. Raw rows live in a table partitioned by month.
 
-    The table is created by SQL in migration 0001 (declarative partitioning is not a
-    Django model feature); the primary key is ``(event_id, occurred_at)``, so an event
-    redelivered with the same id and time is refused by the database, never counted twice.
+    The table is created by SQL in migration 0002 (declarative partitioning is not a
+    Django model feature). Event ids are unique per organization: the primary key is
+    ``(organization_id, event_id, occurred_at)`` (Postgres needs the partition key in it), so
+    an event redelivered with the same id and time is refused by the database, never counted
+    twice, and another organization's event with that id is counted on its own.
     """
 
-    event_id = models.UUIDField(primary_key=True)
+    pk = models.CompositePrimaryKey("organization_id", "event_id", "occurred_at")
+    event_id = models.UUIDField()
     occurred_at = models.DateTimeField()
     organization = models.ForeignKey(
         Organization, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"

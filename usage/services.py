@@ -24,8 +24,9 @@ def _reject(event_id, reason: str) -> dict:
 def usage_events_post(*, organization, items: list[dict]) -> list[dict]:
     """Ingest up to 1,000 events for the organization; return one result per item, in order.
 
-    Each item is ``accepted`` (counted now), ``duplicate`` (its event_id was already counted;
-    not an error) or ``rejected`` with the reason (nothing stored).
+    Each item is ``accepted`` (counted now), ``duplicate`` (the organization already had its
+    event_id counted; not an error) or ``rejected`` with the reason (nothing stored). Another
+    organization's event with the same id is no duplicate: ids are unique per organization.
     """
     now = timezone.now()
     earliest = now - late_window()
@@ -84,18 +85,19 @@ def usage_events_post(*, organization, items: list[dict]) -> list[dict]:
                 ),
             )
         )
-    # An event id counts once whatever timestamp a retry carries: look it up across partitions.
+    # An event id counts once whatever timestamp a retry carries: look it up in the
+    # organization's rows across partitions (the raw key leads with organization and id).
     # The organization's advisory lock makes look-up and insert one step for concurrent posts.
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, organization.pk])
         cursor.execute(
-            "SELECT event_id FROM usage_event WHERE event_id = ANY(%s::uuid[])",
-            [[event.event_id for _, event in candidates]],
+            "SELECT event_id FROM usage_event WHERE organization_id = %s AND event_id = ANY(%s::uuid[])",
+            [organization.pk, [event.event_id for _, event in candidates]],
         )
         existing = {row[0] for row in cursor.fetchall()}
         fresh = [(index, event) for index, event in candidates if event.event_id not in existing]
         inserted = usage_events_ingest([event for _, event in fresh])
     for index, event in candidates:
-        status = "accepted" if event.event_id in inserted else "duplicate"
+        status = "accepted" if (organization.pk, event.event_id) in inserted else "duplicate"
         results[index] = {"event_id": str(event.event_id), "status": status}
     return results

@@ -175,8 +175,9 @@ def db_snapshot() -> dict:
     snapshot = {}
     for name, rows in _TABLES.items():
         queryset = rows()
-        pk = queryset.model._meta.pk.attname
-        snapshot[name] = {row[pk]: row for row in queryset.values()}
+        # A composite key (the raw usage table's) is a tuple of its columns.
+        pk = [field.attname for field in queryset.model._meta.pk_fields]
+        snapshot[name] = {tuple(row[column] for column in pk): row for row in queryset.values()}
     return snapshot
 
 

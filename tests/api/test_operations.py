@@ -882,3 +882,57 @@ def test_usage_event_for_another_organizations_key_is_rejected_like_an_unknown_k
         results[MISSING_KEY_ID]
     )
     assert db_changes(before, db_snapshot()) == {}
+
+
+def test_an_event_id_another_organization_counted_is_counted_again_for_this_one(world):
+    moment = timezone.now().replace(microsecond=0)
+    theirs = _a_key(world, world.other, world.other_owner)["key"]
+    ours = _a_key(world, world.org, world.users[Role.OWNER])["key"]
+    clients = {
+        world.other: session_client(world.other_owner),
+        world.org: session_client(world.users[Role.OWNER]),
+    }
+    # The same id and the same time: only the organization tells the two events apart.
+    first = call(
+        clients[world.other], "POST", "/api/v1/usage/events", {"events": [_usage_event(theirs, moment)]}
+    )
+    before = db_snapshot()
+
+    response = call(
+        clients[world.org], "POST", "/api/v1/usage/events", {"events": [_usage_event(ours, moment)]}
+    )
+
+    accepted = {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 0,
+        "results": [{"event_id": str(EVENT_ID), "status": "accepted"}],
+    }
+    assert (first.status_code, first.json()) == (200, accepted)
+    assert (response.status_code, response.json()) == (200, accepted)
+    assert db_changes(before, db_snapshot()) == {
+        "apikey": {"changed": 1},
+        "usageevent": {"added": 1},
+        "usagerollup": {"added": 1},
+    }
+    assert sorted(
+        UsageEvent.unscoped.values_list("organization_id", "event_id", "key_id", "occurred_at")
+    ) == sorted([(world.other.pk, EVENT_ID, theirs.pk, moment), (world.org.pk, EVENT_ID, ours.pk, moment)])
+    assert sorted(
+        UsageRollup.unscoped.values_list("organization_id", "key_id", "requests", "input_tokens")
+    ) == sorted([(world.other.pk, theirs.pk, 1, 10), (world.org.pk, ours.pk, 1, 10)])
+    # Each organization's retry is its own duplicate.
+    for organization, key in ((world.other, theirs), (world.org, ours)):
+        again = call(
+            clients[organization], "POST", "/api/v1/usage/events", {"events": [_usage_event(key, moment)]}
+        )
+        assert (again.status_code, again.json()) == (
+            200,
+            {
+                "accepted": 0,
+                "duplicates": 1,
+                "rejected": 0,
+                "results": [{"event_id": str(EVENT_ID), "status": "duplicate"}],
+            },
+        )
+    assert UsageEvent.unscoped.count() == 2

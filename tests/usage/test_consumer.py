@@ -196,6 +196,79 @@ def test_raw_rows_keep_every_field_of_the_edge_event(tenant, redis_client):
     assert timezone.now() - timedelta(seconds=30) < row["ingested_at"] <= timezone.now()
 
 
+def per_organization(tenant, other_tenant) -> tuple[ApiKey, ApiKey, dict, dict]:
+    """Two organizations' edge events that share an id and a time, as a replay could make them."""
+    acme, globex = tenant.key(), other_tenant.key()
+    ended = timezone.now().replace(microsecond=0) - timedelta(minutes=2)
+    ours = edge_event(acme, ended_at=ended, input_tokens=5, output_tokens=6)
+    theirs = edge_event(globex, ended_at=ended, input_tokens=70, output_tokens=80, event_id=ours["event_id"])
+    return acme, globex, ours, theirs
+
+
+def both_counted_once(acme: ApiKey, globex: ApiKey, ours: dict, theirs: dict) -> None:
+    event_id = uuid.UUID(ours["event_id"])
+    assert sorted(
+        UsageEvent.unscoped.values_list(
+            "organization_id", "event_id", "key_id", "input_tokens", "output_tokens"
+        )
+    ) == sorted(
+        [
+            (acme.organization_id, event_id, acme.pk, 5, 6),
+            (globex.organization_id, event_id, globex.pk, 70, 80),
+        ]
+    )
+    hour = at_ms(ours["ended_at_ms"]).replace(minute=0, second=0)
+    period = hour.date().replace(day=1)
+    totals = dict.fromkeys(("errors", "cached_tokens", "estimated_requests", "cost_micro_minor"), 0)
+    assert rollup_rows() == {
+        (acme.organization_id, acme.pk, "mock-model", hour, period): {
+            **totals,
+            "requests": 1,
+            "input_tokens": 5,
+            "output_tokens": 6,
+        },
+        (globex.organization_id, globex.pk, "mock-model", hour, period): {
+            **totals,
+            "requests": 1,
+            "input_tokens": 70,
+            "output_tokens": 80,
+        },
+    }
+
+
+@pytest.mark.clock
+def test_two_organizations_events_with_one_id_in_one_batch_are_each_counted_once(
+    tenant, other_tenant, redis_client
+):
+    acme, globex, ours, theirs = per_organization(tenant, other_tenant)
+    publish(redis_client, ours, theirs)
+
+    first = consumer(redis_client).step()
+    publish(redis_client, theirs, ours)  # both redelivered, as a replayed spool would
+    again = consumer(redis_client).step()
+
+    assert (first.inserted, first.duplicates, first.dead) == (2, 0, 0)
+    assert (again.inserted, again.duplicates, again.dead) == (0, 2, 0)
+    both_counted_once(acme, globex, ours, theirs)
+    assert pending(redis_client) == {}
+
+
+@pytest.mark.clock
+def test_an_id_another_organization_already_counted_is_no_duplicate_on_the_stream(
+    tenant, other_tenant, redis_client
+):
+    acme, globex, ours, theirs = per_organization(tenant, other_tenant)
+    publish(redis_client, ours)
+    first = consumer(redis_client).step()
+
+    publish(redis_client, theirs, ours)
+    second = consumer(redis_client).step()
+
+    assert (first.inserted, first.duplicates) == (1, 0)
+    assert (second.inserted, second.duplicates) == (1, 1)
+    both_counted_once(acme, globex, ours, theirs)
+
+
 def test_events_redelivered_after_a_consumer_dies_between_commit_and_ack_count_once(
     tenant, redis_client, settings
 ):

@@ -3,13 +3,16 @@
 Late events for a closed month are kept and billed in the next open month.
 """
 
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from tests.usage.support import edge_event, ingest, raw_sums, rollup_rows
+from usage.ingest import Event, usage_events_ingest
 from usage.models import ClosedPeriod, UsageEvent, UsageRollup
 from usage.partitions import add_months, partition_create, partitions_drop_before, partitions_ensure
 from usage.tasks import apply_raw_retention
@@ -195,3 +198,124 @@ def test_a_late_event_skips_every_closed_month_to_the_first_open_one(tenant, red
         (open_month, add_months(this_month, -3), 1),
         (occurred, this_month, 1),
     ]
+
+
+# --- the raw table's key ------------------------------------------------------------------
+
+BEFORE_PER_ORGANIZATION_KEY = ("usage", "0002_partitioned_raw_events")
+
+
+def primary_keys() -> dict[str, str]:
+    """The primary key of the raw table and of each partition."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE contype = 'p' AND conrelid::regclass::text LIKE 'usage_event%'
+            """
+        )
+        return dict(cursor.fetchall())
+
+
+def raw_indexes() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'usage_event' ORDER BY 1")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def raw_event(key, event_id: uuid.UUID, occurred: datetime, tokens: int) -> Event:
+    return Event(
+        event_id=event_id,
+        occurred_at=occurred,
+        organization_id=key.organization_id,
+        key_id=key.pk,
+        model="mock-model",
+        endpoint="chat.completions",
+        status=200,
+        input_tokens=tokens,
+        output_tokens=1,
+        cached_tokens=0,
+        estimated=False,
+        cost_micro_minor=0,
+        latency_ms=None,
+        ttft_ms=None,
+        request_id="",
+        source="edge",
+    )
+
+
+def insert_under_the_old_key(*events: Event) -> None:
+    """Insert rows as the code before the per-organization key did (no conflict target)."""
+    with connection.cursor() as cursor:
+        for e in events:
+            cursor.execute(
+                """
+                INSERT INTO usage_event (event_id, occurred_at, organization_id, key_id, model, endpoint,
+                    status, input_tokens, output_tokens, cached_tokens, estimated, cost_micro_minor,
+                    request_id, source, billed_period, late, ingested_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false, now())
+                """,
+                [
+                    e.event_id, e.occurred_at, e.organization_id, e.key_id, e.model, e.endpoint, e.status,
+                    e.input_tokens, e.output_tokens, e.cached_tokens, e.estimated, e.cost_micro_minor,
+                    e.request_id, e.source, e.occurred_at.date().replace(day=1),
+                ],
+            )  # fmt: skip
+
+
+def raw_rows() -> list[tuple]:
+    return sorted(
+        UsageEvent.unscoped.values_list("organization_id", "event_id", "occurred_at", "input_tokens")
+    )
+
+
+def test_the_per_organization_key_migration_keeps_the_rows_of_every_partition(tenant, other_tenant):
+    acme, globex = tenant.key(), other_tenant.key()
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate([BEFORE_PER_ORGANIZATION_KEY])
+    old_key = "PRIMARY KEY (event_id, occurred_at)"
+    assert primary_keys() == {"usage_event": old_key, "usage_event_default": old_key}
+    assert raw_indexes() == ["usage_event_event_id", "usage_event_org_time", "usage_event_pkey"]
+    partition_create(date(2019, 3, 1))
+    shared, other = uuid.uuid4(), uuid.uuid4()
+    in_march, in_the_default = datetime(2019, 3, 14, 15, 9, tzinfo=UTC), datetime(2018, 6, 1, tzinfo=UTC)
+    old_rows = [
+        raw_event(acme, shared, in_march, 1),
+        raw_event(globex, other, in_march, 2),
+        raw_event(acme, other, in_the_default, 4),
+    ]
+    insert_under_the_old_key(*old_rows)
+    before = raw_rows()
+
+    executor.loader.build_graph()
+    executor.migrate(latest)
+
+    key = "PRIMARY KEY (organization_id, event_id, occurred_at)"
+    assert primary_keys() == {"usage_event": key, "usage_event_201903": key, "usage_event_default": key}
+    assert raw_indexes() == ["usage_event_org_time", "usage_event_pkey"]
+    assert raw_rows() == before
+    assert rows_per_partition() == {"usage_event_201903": 2, "usage_event_default": 1}
+    # Another organization's event with an id and time already stored is counted; a repeat is not.
+    assert usage_events_ingest(
+        [raw_event(globex, shared, in_march, 8), raw_event(acme, shared, in_march, 16)]
+    ) == {(globex.organization_id, shared)}
+    assert raw_rows() == sorted([*before, (globex.organization_id, shared, in_march, 8)])
+
+
+def test_a_partition_created_later_takes_the_per_organization_key_with_the_rows_it_moves(
+    tenant, other_tenant
+):
+    acme, globex = tenant.key(), other_tenant.key()
+    shared, moment = uuid.uuid4(), datetime(2019, 3, 14, 15, 9, tzinfo=UTC)
+    inserted = usage_events_ingest([raw_event(acme, shared, moment, 1), raw_event(globex, shared, moment, 2)])
+    assert inserted == {(acme.organization_id, shared), (globex.organization_id, shared)}
+    assert rows_per_partition() == {"usage_event_default": 2}
+
+    assert partition_create(date(2019, 3, 1)) is True
+
+    assert rows_per_partition() == {"usage_event_201903": 2}
+    assert primary_keys()["usage_event_201903"] == "PRIMARY KEY (organization_id, event_id, occurred_at)"
+    assert raw_rows() == sorted(
+        [(acme.organization_id, shared, moment, 1), (globex.organization_id, shared, moment, 2)]
+    )

@@ -140,6 +140,128 @@ def test_the_same_event_twice_in_one_batch_is_accepted_once(tenant):
     assert stored(tenant.org) == [(uuid.UUID(event["event_id"]), 12, 30, "api")]
 
 
+def raw_rows() -> list[tuple]:
+    """Every raw event of every organization."""
+    return sorted(
+        UsageEvent.unscoped.values_list(
+            "organization_id", "event_id", "key_id", "input_tokens", "output_tokens", "source"
+        )
+    )
+
+
+def slot(key, moment: datetime) -> tuple:
+    """The rollup slot of an event of ``key`` at ``moment`` (model as in ``item``)."""
+    hour = moment.replace(minute=0, second=0, microsecond=0)
+    return (key.organization_id, key.pk, "llama-3-70b", hour, moment.date().replace(day=1))
+
+
+def counted(requests: int, input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {
+        "requests": requests,
+        "errors": 0,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_tokens": 0,
+        "estimated_requests": 0,
+        "cost_micro_minor": 0,
+    }
+
+
+def one(event: dict, status: str) -> dict:
+    """The body answering a post of one event."""
+    return {
+        "accepted": int(status == "accepted"),
+        "duplicates": int(status == "duplicate"),
+        "rejected": 0,
+        "results": [{"event_id": event["event_id"], "status": status}],
+    }
+
+
+@pytest.mark.clock
+def test_two_organizations_posting_the_same_event_id_are_each_counted(tenant, other_tenant):
+    acme, globex = tenant.key(), other_tenant.key()
+    moment = (timezone.now() - timedelta(minutes=3)).replace(microsecond=0)
+    event_id = str(uuid.uuid4())
+    # Same id and same time: only the organization tells the two events apart.
+    ours = item(acme, event_id=event_id, timestamp=moment.isoformat(), input_tokens=5, output_tokens=6)
+    theirs = item(globex, event_id=event_id, timestamp=moment.isoformat(), input_tokens=70, output_tokens=80)
+
+    first = post(tenant.owner, [ours])
+    second = post(other_tenant.owner, [theirs])
+
+    assert (first.status_code, first.json()) == (200, one(ours, "accepted"))
+    assert (second.status_code, second.json()) == (200, one(theirs, "accepted"))
+    assert raw_rows() == sorted(
+        [
+            (tenant.org.pk, uuid.UUID(event_id), acme.pk, 5, 6, "api"),
+            (other_tenant.org.pk, uuid.UUID(event_id), globex.pk, 70, 80, "api"),
+        ]
+    )
+    assert rollup_rows() == {slot(acme, moment): counted(1, 5, 6), slot(globex, moment): counted(1, 70, 80)}
+    assert rollup_rows() == raw_sums()
+
+
+@pytest.mark.clock
+def test_an_organization_reposting_its_id_gets_a_duplicate_whatever_another_organization_posted(
+    tenant, other_tenant
+):
+    acme, globex = tenant.key(), other_tenant.key()
+    moment = (timezone.now() - timedelta(minutes=3)).replace(microsecond=0)
+    event_id = str(uuid.uuid4())
+    ours = item(acme, event_id=event_id, timestamp=moment.isoformat(), input_tokens=5, output_tokens=6)
+    theirs = item(globex, event_id=event_id, timestamp=moment.isoformat(), input_tokens=70, output_tokens=80)
+    post(tenant.owner, [ours])
+    post(other_tenant.owner, [theirs])
+
+    # Each organization retries its own event, once as sent and once with another time.
+    later = (moment + timedelta(minutes=1)).isoformat()
+    ours_again = post(tenant.owner, [ours, {**ours, "timestamp": later}])
+    theirs_again = post(other_tenant.owner, [theirs, {**theirs, "timestamp": later}])
+
+    for again, event in ((ours_again, ours), (theirs_again, theirs)):
+        assert again.status_code == 200
+        assert again.json() == {
+            "accepted": 0,
+            "duplicates": 2,
+            "rejected": 0,
+            "results": [{"event_id": event_id, "status": "duplicate"}] * 2,
+        }
+    assert raw_rows() == sorted(
+        [
+            (tenant.org.pk, uuid.UUID(event_id), acme.pk, 5, 6, "api"),
+            (other_tenant.org.pk, uuid.UUID(event_id), globex.pk, 70, 80, "api"),
+        ]
+    )
+    assert rollup_rows() == {slot(acme, moment): counted(1, 5, 6), slot(globex, moment): counted(1, 70, 80)}
+
+
+@pytest.mark.clock
+def test_an_id_the_edge_metered_for_another_organization_is_no_duplicate_for_a_post(
+    tenant, other_tenant, redis_client
+):
+    acme, globex = tenant.key(), other_tenant.key()
+    moment = (timezone.now() - timedelta(minutes=3)).replace(microsecond=0)
+    metered = edge_event(globex, ended_at=moment, input_tokens=70, output_tokens=80)
+    ingest(redis_client, metered)
+    ours = item(
+        acme, event_id=metered["event_id"], timestamp=moment.isoformat(), input_tokens=5, output_tokens=6
+    )
+
+    first, again = post(tenant.owner, [ours]), post(tenant.owner, [ours])
+
+    assert (first.status_code, first.json()) == (200, one(ours, "accepted"))
+    assert (again.status_code, again.json()) == (200, one(ours, "duplicate"))
+    event_id = uuid.UUID(metered["event_id"])
+    assert raw_rows() == sorted(
+        [
+            (tenant.org.pk, event_id, acme.pk, 5, 6, "api"),
+            (other_tenant.org.pk, event_id, globex.pk, 70, 80, "edge"),
+        ]
+    )
+    assert rollup_rows() == raw_sums()
+    assert [row["requests"] for row in rollup_rows().values()] == [1, 1]
+
+
 @pytest.mark.clock
 def test_invalid_items_are_rejected_with_their_reason_and_the_valid_ones_accepted(tenant, other_tenant):
     key = tenant.key()
