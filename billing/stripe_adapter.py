@@ -70,6 +70,8 @@ def _errors() -> Iterator[None]:
         raise PaymentDeclined(_message(error), code=error.code or PaymentDeclined.code) from error
     except (stripe.APIConnectionError, stripe.RateLimitError) as error:
         raise BillingUnavailable(_message(error)) from error
+    except stripe.IdempotencyError as error:
+        raise BillingError(_message(error), code="idempotency_error") from error
     except stripe.StripeError as error:
         # 409: another request with the same key is still running; 5xx: Stripe failed.
         if error.http_status is not None and (error.http_status == 409 or error.http_status >= 500):
@@ -89,8 +91,12 @@ def _invoice(found) -> StripeInvoice:
     return StripeInvoice(id=found.id, status=found.status, currency=found.currency, total=found.total)
 
 
-def _line_id(metadata) -> int | None:
-    value = (metadata or {}).get("tollgate_line_id", "")
+def _metadata(found) -> dict[str, str]:
+    return found.metadata.to_dict() if found.metadata else {}
+
+
+def _line_id(found) -> int | None:
+    value = _metadata(found).get("tollgate_line_id", "")
     return int(value) if value.isdigit() else None
 
 
@@ -114,12 +120,14 @@ def invoice_find(*, customer: str, invoice_id: int) -> str | None:
     with _errors():
         drafts = _client().v1.invoices.list(params={"customer": customer, "status": "draft", "limit": PAGE})
         for draft in drafts.auto_paging_iter():
-            if (draft.metadata or {}).get("tollgate_invoice_id") == str(invoice_id):
+            if _metadata(draft).get("tollgate_invoice_id") == str(invoice_id):
                 return draft.id
     return None
 
 
-def invoice_create(*, customer: str, currency: str, invoice_id: int, organization_id: int, period: date) -> str:
+def invoice_create(
+    *, customer: str, currency: str, invoice_id: int, organization_id: int, period: date
+) -> str:
     """Create an empty draft invoice that Stripe neither fills nor advances by itself."""
     with _errors():
         created = _client().v1.invoices.create(
@@ -146,7 +154,7 @@ def invoice_items(*, invoice: str) -> dict[int, str]:
     with _errors():
         found = _client().v1.invoice_items.list(params={"invoice": invoice, "limit": PAGE})
         for item in found.auto_paging_iter():
-            line_id = _line_id(item.metadata)
+            line_id = _line_id(item)
             if line_id is not None:
                 items[line_id] = item.id
     return items
@@ -189,7 +197,9 @@ def invoice_lines(*, invoice: str) -> list[StripeLine]:
     with _errors():
         lines = _client().v1.invoices.line_items.list(invoice, params={"limit": PAGE})
         return [
-            StripeLine(line_id=_line_id(line.metadata), amount=line.amount, description=line.description or "")
+            StripeLine(
+                line_id=_line_id(line.metadata), amount=line.amount, description=line.description or ""
+            )
             for line in lines.auto_paging_iter()
         ]
 

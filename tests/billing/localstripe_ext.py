@@ -124,7 +124,9 @@ def invoice_create(
     if auto_advance not in (None, True, False):
         raise UserError(400, "Invalid boolean", {"param": "auto_advance"})
     if pending_invoice_items_behavior not in ("exclude", "include"):
-        raise UserError(400, "Invalid pending_invoice_items_behavior", {"param": "pending_invoice_items_behavior"})
+        raise UserError(
+            400, "Invalid pending_invoice_items_behavior", {"param": "pending_invoice_items_behavior"}
+        )
     # As a simulation, localstripe neither sweeps the customer's pending items nor sends events.
     invoice = Invoice(customer=customer, metadata=metadata, description=description, simulation=True)
     invoice.lines._list = []
@@ -221,7 +223,9 @@ def invoice_item_create(invoice=None, period=None, **params):
     draft = Invoice._api_retrieve(invoice) if invoice is not None else None
     if draft is not None:
         if draft.status != "draft":
-            raise UserError(400, f"You can only add invoice items to draft invoices, this one is {draft.status}.")
+            raise UserError(
+                400, f"You can only add invoice items to draft invoices, this one is {draft.status}."
+            )
         if params.get("currency") != draft.currency:
             raise UserError(400, "The invoice item's currency must be the invoice's.", {"param": "currency"})
     item = _pending_item_create(invoice=invoice, **params)
