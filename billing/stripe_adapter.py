@@ -197,9 +197,7 @@ def invoice_lines(*, invoice: str) -> list[StripeLine]:
     with _errors():
         lines = _client().v1.invoices.line_items.list(invoice, params={"limit": PAGE})
         return [
-            StripeLine(
-                line_id=_line_id(line.metadata), amount=line.amount, description=line.description or ""
-            )
+            StripeLine(line_id=_line_id(line), amount=line.amount, description=line.description or "")
             for line in lines.auto_paging_iter()
         ]
 
