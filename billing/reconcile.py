@@ -132,7 +132,7 @@ def billing_reconcile(*, period: date, organization_ids=None) -> tuple[int, list
         if invoice.stripe_invoice_id:
             for what, detail in _stripe_differences(invoice, lines[invoice.pk]):
                 found(what, detail)
-        elif invoice.status != Invoice.Status.DRAFT:
+        elif invoice.status != Invoice.Status.DRAFT and not invoice.no_charge_reason:
             found("stripe_status", f"the invoice is {invoice.status} here but has no Stripe invoice")
     missing = (
         with_usage.exclude(organization_id__in=invoiced)

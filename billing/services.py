@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from billing import stripe_adapter
 from billing.currency import format_minor
-from billing.errors import BillingError, BillingUnavailable
+from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
 from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
 from billing.selectors import period_ratings
 from portal.audit import Actor, audit_record
@@ -311,7 +311,16 @@ def invoice_push(*, invoice: Invoice) -> Invoice:
         try:
             _push(invoice)
         except BillingError as error:
-            _invoice_update(invoice, last_push_error=error.message)
+            with transaction.atomic():
+                _invoice_update(invoice, last_push_error=error.message)
+                if isinstance(error, PaymentDeclined):
+                    audit_record(
+                        actor=Actor.system(),
+                        action="invoice.payment_failed",
+                        organization=invoice.organization,
+                        target=invoice,
+                        metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "error": error.message},
+                    )
             raise
         _invoice_update(invoice, last_push_error="")
     return invoice

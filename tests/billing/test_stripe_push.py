@@ -263,6 +263,11 @@ def test_a_declined_card_leaves_the_invoice_open_with_the_error_and_is_not_retri
     ] == [invoice.stripe_invoice_id]
     with pytest.raises(PaymentDeclined):
         invoice_push(invoice=invoice)
+    assert list(
+        AuditEvent.objects.filter(organization=organization, action__startswith="invoice.")
+        .order_by("pk")
+        .values_list("action", flat=True)
+    ) == ["invoice.built", "invoice.finalized", "invoice.payment_failed", "invoice.payment_failed"]
     assert stripe_state(stripe_api, customer)[1] == [("failed", 648), ("failed", 648)]
 
 
