@@ -1,11 +1,21 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from billing.models import ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing import stripe_adapter
+from billing.currency import format_minor
+from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
+from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing.selectors import period_ratings
 from portal.audit import Actor, audit_record
 from portal.errors import Conflict, DomainError
+from portal.models import Membership, Organization
+from portal.roles import Role
 from usage.partitions import add_months, month_start
 
 
@@ -158,3 +168,213 @@ def organization_plan_change(*, actor: Actor, organization, plan: Plan) -> PlanA
             metadata={"plan": plan.name, "from_period": period.isoformat()},
         )
     return assignment
+
+
+NOTHING_TO_PAY = "Nothing to pay: no priced usage and no platform fee."
+
+
+def invoice_build(*, organization_id: int, period: date) -> Invoice:
+    """Create an organization's invoice for ``period`` from a fresh rating of its rollups.
+
+    There is one invoice per organization and period: when it exists already (built earlier, or
+    by a concurrent call that won the unique constraint) it is returned unchanged.
+    """
+    existing = Invoice.objects.filter(organization_id=organization_id, period=period).first()
+    if existing is not None:
+        return existing
+    plan, rating = period_ratings(period=period, organization_ids=[organization_id])[organization_id]
+    try:
+        with transaction.atomic():
+            invoice = Invoice.objects.create(
+                organization_id=organization_id,
+                period=period,
+                plan=plan,
+                currency=plan.currency,
+                total_minor=rating.total_minor,
+                no_charge_reason="" if rating.total_minor else NOTHING_TO_PAY,
+            )
+            InvoiceLine.objects.bulk_create(
+                InvoiceLine(
+                    invoice=invoice,
+                    position=position,
+                    kind=line.kind,
+                    model=line.model,
+                    tokens=line.tokens,
+                    quantity=line.quantity,
+                    unit_price_per_mtok_minor=line.unit_price,
+                    amount_minor=line.amount_minor,
+                    description=line.description,
+                )
+                for position, line in enumerate(rating.lines, start=1)
+            )
+            audit_record(
+                actor=Actor.system(),
+                action="invoice.built",
+                organization=invoice.organization,
+                target=invoice,
+                metadata={"period": f"{period:%Y-%m}", "total_minor": invoice.total_minor},
+            )
+    except IntegrityError:
+        return Invoice.objects.get(organization_id=organization_id, period=period)
+    return invoice
+
+
+def customer_ensure(*, organization: Organization) -> Customer:
+    """Return the organization's Stripe customer, creating it in Stripe on first use.
+
+    The billing email is the first owner's; two concurrent calls create one Stripe customer
+    (same idempotency key) and one row.
+    """
+    existing = Customer.objects.filter(organization=organization).first()
+    if existing is not None:
+        return existing
+    owner = (
+        Membership.unscoped.filter(organization=organization, role=Role.OWNER)
+        .select_related("user")
+        .order_by("created_at", "pk")
+        .first()
+    )
+    stripe_customer_id = stripe_adapter.customer_create(
+        organization_id=organization.pk,
+        slug=organization.slug,
+        name=organization.name,
+        email=owner.user.email if owner else "",
+    )
+    with transaction.atomic():
+        customer, created = Customer.objects.get_or_create(
+            organization=organization, defaults={"stripe_customer_id": stripe_customer_id}
+        )
+        if created:
+            audit_record(
+                actor=Actor.system(),
+                action="billing.customer_created",
+                organization=organization,
+                target=customer,
+                metadata={"stripe_customer_id": stripe_customer_id},
+            )
+    return customer
+
+
+# Namespace of the advisory locks that keep two pushes of one invoice apart ("tg").
+_PUSH_LOCK = 0x7467
+
+
+@contextmanager
+def _push_lock(invoice_id: int) -> Iterator[None]:
+    # A session lock, not a row lock: each Stripe id must commit the moment it returns, so the
+    # push cannot run inside one transaction. The lock goes with the connection if it dies.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_PUSH_LOCK, invoice_id])
+        if not cursor.fetchone()[0]:
+            raise BillingUnavailable("Another push of this invoice is running.", code="push_in_progress")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_PUSH_LOCK, invoice_id])
+
+
+def _invoice_update(invoice: Invoice, **fields) -> None:
+    Invoice.objects.filter(pk=invoice.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(invoice, name, value)
+
+
+def _invoice_transition(invoice: Invoice, *, action: str, status: str, **fields) -> None:
+    with transaction.atomic():
+        _invoice_update(invoice, status=status, **fields)
+        audit_record(
+            actor=Actor.system(),
+            action=action,
+            organization=invoice.organization,
+            target=invoice,
+            metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "total_minor": invoice.total_minor},
+        )
+
+
+def invoice_push(*, invoice: Invoice) -> Invoice:
+    """Mirror ``invoice`` to Stripe and charge it, resuming wherever an earlier run stopped.
+
+    Each Stripe id is stored the moment Stripe returns it, and every call carries an
+    idempotency key, so a rerun after a crash at any step ends with one Stripe invoice holding
+    exactly the invoice's lines, and at most one charge. Stripe's total must equal ours before
+    the invoice is finalized or charged. Invoices with nothing to pay, and paid or closed ones,
+    are left alone. A failure is recorded in ``last_push_error`` and raised as a
+    ``BillingError`` (a declined card leaves the invoice open).
+    """
+    with _push_lock(invoice.pk):
+        invoice.refresh_from_db()
+        if invoice.no_charge_reason or invoice.status not in (Invoice.Status.DRAFT, Invoice.Status.OPEN):
+            return invoice
+        _invoice_update(invoice, push_attempts=F("push_attempts") + 1)
+        invoice.refresh_from_db(fields=["push_attempts"])
+        try:
+            _push(invoice)
+        except BillingError as error:
+            with transaction.atomic():
+                _invoice_update(invoice, last_push_error=error.message)
+                if isinstance(error, PaymentDeclined):
+                    audit_record(
+                        actor=Actor.system(),
+                        action="invoice.payment_failed",
+                        organization=invoice.organization,
+                        target=invoice,
+                        metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "error": error.message},
+                    )
+            raise
+        _invoice_update(invoice, last_push_error="")
+    return invoice
+
+
+def _push(invoice: Invoice) -> None:
+    customer = customer_ensure(organization=invoice.organization).stripe_customer_id
+    if not invoice.stripe_invoice_id:
+        # A create whose answer was lost is replayed by its key for 24 hours; later, found here.
+        stripe_invoice_id = stripe_adapter.invoice_find(
+            customer=customer, invoice_id=invoice.pk
+        ) or stripe_adapter.invoice_create(
+            customer=customer,
+            currency=invoice.currency,
+            invoice_id=invoice.pk,
+            organization_id=invoice.organization_id,
+            period=invoice.period,
+        )
+        _invoice_update(invoice, stripe_invoice_id=stripe_invoice_id)
+    missing = list(invoice.lines.filter(stripe_invoice_item_id="").order_by("position"))
+    if missing:
+        on_stripe = stripe_adapter.invoice_items(invoice=invoice.stripe_invoice_id)
+        for line in missing:
+            item_id = on_stripe.get(line.pk) or stripe_adapter.invoice_item_create(
+                customer=customer,
+                invoice=invoice.stripe_invoice_id,
+                line_id=line.pk,
+                amount_minor=line.amount_minor,
+                currency=invoice.currency,
+                description=line.description,
+                period=invoice.period,
+            )
+            InvoiceLine.objects.filter(pk=line.pk).update(stripe_invoice_item_id=item_id)
+    remote = stripe_adapter.invoice_retrieve(invoice=invoice.stripe_invoice_id)
+    if remote.total != invoice.total_minor:
+        raise BillingError(
+            f"Stripe's invoice totals {format_minor(remote.total, invoice.currency)} but this invoice "
+            f"{format_minor(invoice.total_minor, invoice.currency)}; it was not finalized or charged.",
+            code="total_mismatch",
+        )
+    if remote.status == "draft":
+        remote = stripe_adapter.invoice_finalize(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
+    if remote.status in ("open", "paid") and invoice.status == Invoice.Status.DRAFT:
+        _invoice_transition(
+            invoice, action="invoice.finalized", status=Invoice.Status.OPEN, finalized_at=timezone.now()
+        )
+    if remote.status == "open":
+        # A new attempt number per run: a declined charge may be retried once the card changed;
+        # an invoice already paid is never charged again (Stripe refuses to).
+        remote = stripe_adapter.invoice_pay(
+            invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk, attempt=invoice.push_attempts
+        )
+    if remote.status != "paid":
+        raise BillingError(
+            f"Stripe's invoice is {remote.status}, so it cannot be charged.", code="unexpected_status"
+        )
+    _invoice_transition(invoice, action="invoice.paid", status=Invoice.Status.PAID, paid_at=timezone.now())

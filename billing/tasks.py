@@ -1,4 +1,18 @@
+import logging
+from datetime import date
+
 from celery import shared_task
+from prometheus_client import Counter
+
+from billing.errors import BillingUnavailable, PaymentDeclined
+
+logger = logging.getLogger("tollgate.billing")
+
+RECONCILE_DIFFERENCES = Counter(
+    "tollgate_billing_reconcile_differences_total",
+    "Differences found by billing reconciliation (invoices vs rating vs Stripe)",
+    ["what"],
+)
 
 
 @shared_task
@@ -7,3 +21,61 @@ def publish_prices() -> int:
     from billing.edge_prices import prices_publish
 
     return prices_publish()
+
+
+@shared_task(
+    autoretry_for=(BillingUnavailable,),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=12,
+)
+def invoice_push(invoice_id: int) -> str:
+    """Mirror one invoice to Stripe and charge it; return its status.
+
+    Stripe being unreachable, failing or rate limiting retries with backoff (the push resumes
+    where it stopped); a declined card does not: the invoice stays open with the error recorded.
+    """
+    from billing.models import Invoice
+    from billing.services import invoice_push as push
+
+    invoice = Invoice.objects.get(pk=invoice_id)
+    try:
+        return push(invoice=invoice).status
+    except PaymentDeclined as error:
+        logger.warning("invoice payment declined", extra={"invoice_id": invoice_id, "error": error.message})
+        return invoice.status
+
+
+@shared_task
+def reconcile_period(period: str | None = None) -> int:
+    """Reconcile a period (``YYYY-MM-DD``, default the last closed one); return the differences.
+
+    Each difference is logged at error level and counted in
+    ``tollgate_billing_reconcile_differences_total``.
+    """
+    from billing.reconcile import billing_reconcile, last_closed_period
+
+    month = date.fromisoformat(period) if period else last_closed_period()
+    if month is None:
+        logger.info("billing reconcile: no closed period yet")
+        return 0
+    checked, differences = billing_reconcile(period=month)
+    for difference in differences:
+        RECONCILE_DIFFERENCES.labels(difference.what).inc()
+        logger.error(
+            "billing reconcile difference",
+            extra={
+                "period": f"{month:%Y-%m}",
+                "organization_id": difference.organization_id,
+                "organization": difference.organization_slug,
+                "invoice_id": difference.invoice_id,
+                "what": difference.what,
+                "detail": difference.detail,
+            },
+        )
+    logger.info(
+        "billing reconcile done",
+        extra={"period": f"{month:%Y-%m}", "invoices": checked, "differences": len(differences)},
+    )
+    return len(differences)

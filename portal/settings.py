@@ -230,6 +230,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- Stripe (billing/stripe_adapter.py is the only module that talks to it) ---------------
+# Empty: nothing is pushed to Stripe (pushing an invoice fails with a BillingError).
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a secret (sk_...) or restricted (rk_...) key")
+# Another address only for a Stripe stand-in such as localstripe in tests and the demo.
+STRIPE_API_BASE = env_url("STRIPE_API_BASE", "https://api.stripe.com", schemes=("http", "https")).rstrip("/")
+
 # --- REST API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -1,0 +1,224 @@
+"""The one module that talks to Stripe.
+
+Every write carries an idempotency key derived from Tollgate's ids (``tg:cus:<organization>``,
+``tg:inv:<invoice>:create``, ``tg:line:<line>``, ``tg:inv:<invoice>:finalize``,
+``tg:inv:<invoice>:pay:<attempt>``): a call repeated after a crash or a timeout gets Stripe's
+first answer instead of acting twice. Stripe keeps a key for at least 24 hours; past that, the
+callers find what was made by its metadata (``invoice_find``, ``invoice_items``).
+
+Every ``stripe.StripeError`` leaves this module as a ``BillingError``: ``BillingUnavailable``
+when a later retry may succeed, ``PaymentDeclined`` when the customer's payment failed.
+"""
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import stripe
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
+from usage.partitions import add_months
+
+# The SDK retries timeouts, 409s and 5xx answers itself, with the same idempotency key.
+NETWORK_RETRIES = 2
+PAGE = 100
+
+
+@dataclass(frozen=True)
+class StripeInvoice:
+    id: str
+    status: str
+    currency: str
+    total: int
+
+
+@dataclass(frozen=True)
+class StripeLine:
+    line_id: int | None  # the Tollgate invoice line it mirrors; None for a line made in Stripe
+    amount: int
+    description: str
+
+
+@functools.cache
+def _client() -> stripe.StripeClient:
+    if not settings.STRIPE_SECRET_KEY:
+        raise BillingError("Stripe is not configured: set STRIPE_SECRET_KEY.", code="stripe_not_configured")
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY,
+        base_addresses={"api": settings.STRIPE_API_BASE},
+        max_network_retries=NETWORK_RETRIES,
+    )
+
+
+def _forget_client(*, setting, **_kwargs):
+    if setting.startswith("STRIPE_"):
+        _client.cache_clear()
+
+
+setting_changed.connect(_forget_client)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except stripe.CardError as error:
+        raise PaymentDeclined(_message(error), code=error.code or PaymentDeclined.code) from error
+    except (stripe.APIConnectionError, stripe.RateLimitError) as error:
+        raise BillingUnavailable(_message(error)) from error
+    except stripe.IdempotencyError as error:
+        raise BillingError(_message(error), code="idempotency_error") from error
+    except stripe.StripeError as error:
+        # 409: another request with the same key is still running; 5xx: Stripe failed.
+        if error.http_status is not None and (error.http_status == 409 or error.http_status >= 500):
+            raise BillingUnavailable(_message(error)) from error
+        raise BillingError(_message(error), code=error.code or BillingError.code) from error
+
+
+def _message(error: stripe.StripeError) -> str:
+    return f"Stripe: {error.user_message or error.__class__.__name__}"
+
+
+def _unix(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def _invoice(found) -> StripeInvoice:
+    return StripeInvoice(id=found.id, status=found.status, currency=found.currency, total=found.total)
+
+
+def _metadata(found) -> dict[str, str]:
+    return found.metadata.to_dict() if found.metadata else {}
+
+
+def _line_id(found) -> int | None:
+    value = _metadata(found).get("tollgate_line_id", "")
+    return int(value) if value.isdigit() else None
+
+
+def customer_create(*, organization_id: int, slug: str, name: str, email: str) -> str:
+    """Create the Stripe customer of an organization and return its id."""
+    params = {
+        "name": name,
+        "metadata": {"tollgate_organization_id": str(organization_id), "tollgate_organization_slug": slug},
+    }
+    if email:
+        params["email"] = email
+    with _errors():
+        customer = _client().v1.customers.create(
+            params=params, options={"idempotency_key": f"tg:cus:{organization_id}"}
+        )
+    return customer.id
+
+
+def invoice_find(*, customer: str, invoice_id: int) -> str | None:
+    """Return the id of the draft Stripe invoice made for Tollgate invoice ``invoice_id``, if any."""
+    with _errors():
+        drafts = _client().v1.invoices.list(params={"customer": customer, "status": "draft", "limit": PAGE})
+        for draft in drafts.auto_paging_iter():
+            if _metadata(draft).get("tollgate_invoice_id") == str(invoice_id):
+                return draft.id
+    return None
+
+
+def invoice_create(
+    *, customer: str, currency: str, invoice_id: int, organization_id: int, period: date
+) -> str:
+    """Create an empty draft invoice that Stripe neither fills nor advances by itself."""
+    with _errors():
+        created = _client().v1.invoices.create(
+            params={
+                "customer": customer,
+                "currency": currency,
+                "collection_method": "charge_automatically",
+                "auto_advance": False,
+                "pending_invoice_items_behavior": "exclude",
+                "metadata": {
+                    "tollgate_invoice_id": str(invoice_id),
+                    "tollgate_organization_id": str(organization_id),
+                    "tollgate_period": f"{period:%Y-%m}",
+                },
+            },
+            options={"idempotency_key": f"tg:inv:{invoice_id}:create"},
+        )
+    return created.id
+
+
+def invoice_items(*, invoice: str) -> dict[int, str]:
+    """Return the items already on a Stripe invoice, by the Tollgate line each mirrors."""
+    items = {}
+    with _errors():
+        found = _client().v1.invoice_items.list(params={"invoice": invoice, "limit": PAGE})
+        for item in found.auto_paging_iter():
+            line_id = _line_id(item)
+            if line_id is not None:
+                items[line_id] = item.id
+    return items
+
+
+def invoice_item_create(
+    *,
+    customer: str,
+    invoice: str,
+    line_id: int,
+    amount_minor: int,
+    currency: str,
+    description: str,
+    period: date,
+) -> str:
+    """Add one line, in minor units, to a draft Stripe invoice and return the item's id."""
+    with _errors():
+        item = _client().v1.invoice_items.create(
+            params={
+                "customer": customer,
+                "invoice": invoice,
+                "amount": amount_minor,
+                "currency": currency,
+                "description": description,
+                "period": {"start": _unix(period), "end": _unix(add_months(period, 1))},
+                "metadata": {"tollgate_line_id": str(line_id)},
+            },
+            options={"idempotency_key": f"tg:line:{line_id}"},
+        )
+    return item.id
+
+
+def invoice_retrieve(*, invoice: str) -> StripeInvoice:
+    with _errors():
+        return _invoice(_client().v1.invoices.retrieve(invoice))
+
+
+def invoice_lines(*, invoice: str) -> list[StripeLine]:
+    """Return every line of a Stripe invoice (all pages)."""
+    with _errors():
+        lines = _client().v1.invoices.line_items.list(invoice, params={"limit": PAGE})
+        return [
+            StripeLine(line_id=_line_id(line), amount=line.amount, description=line.description or "")
+            for line in lines.auto_paging_iter()
+        ]
+
+
+def invoice_finalize(*, invoice: str, invoice_id: int) -> StripeInvoice:
+    """Finalize a draft invoice (draft → open); Stripe will not charge it by itself."""
+    with _errors():
+        return _invoice(
+            _client().v1.invoices.finalize_invoice(
+                invoice,
+                params={"auto_advance": False},
+                options={"idempotency_key": f"tg:inv:{invoice_id}:finalize"},
+            )
+        )
+
+
+def invoice_pay(*, invoice: str, invoice_id: int, attempt: int) -> StripeInvoice:
+    """Charge an open invoice to the customer's default payment method (open → paid)."""
+    with _errors():
+        return _invoice(
+            _client().v1.invoices.pay(
+                invoice, options={"idempotency_key": f"tg:inv:{invoice_id}:pay:{attempt}"}
+            )
+        )
