@@ -1,6 +1,5 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, connection, transaction
@@ -11,7 +10,6 @@ from billing import stripe_adapter
 from billing.currency import format_minor
 from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
 from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
-from billing.selectors import period_ratings
 from portal.audit import Actor, audit_record
 from portal.errors import Conflict, DomainError
 from portal.models import Membership, Organization
@@ -168,55 +166,6 @@ def organization_plan_change(*, actor: Actor, organization, plan: Plan) -> PlanA
             metadata={"plan": plan.name, "from_period": period.isoformat()},
         )
     return assignment
-
-
-NOTHING_TO_PAY = "Nothing to pay: no priced usage and no platform fee."
-
-
-def invoice_build(*, organization_id: int, period: date) -> Invoice:
-    """Create an organization's invoice for ``period`` from a fresh rating of its rollups.
-
-    There is one invoice per organization and period: when it exists already (built earlier, or
-    by a concurrent call that won the unique constraint) it is returned unchanged.
-    """
-    existing = Invoice.objects.filter(organization_id=organization_id, period=period).first()
-    if existing is not None:
-        return existing
-    plan, rating = period_ratings(period=period, organization_ids=[organization_id])[organization_id]
-    try:
-        with transaction.atomic():
-            invoice = Invoice.objects.create(
-                organization_id=organization_id,
-                period=period,
-                plan=plan,
-                currency=plan.currency,
-                total_minor=rating.total_minor,
-                no_charge_reason="" if rating.total_minor else NOTHING_TO_PAY,
-            )
-            InvoiceLine.objects.bulk_create(
-                InvoiceLine(
-                    invoice=invoice,
-                    position=position,
-                    kind=line.kind,
-                    model=line.model,
-                    tokens=line.tokens,
-                    quantity=line.quantity,
-                    unit_price_per_mtok_minor=line.unit_price,
-                    amount_minor=line.amount_minor,
-                    description=line.description,
-                )
-                for position, line in enumerate(rating.lines, start=1)
-            )
-            audit_record(
-                actor=Actor.system(),
-                action="invoice.built",
-                organization=invoice.organization,
-                target=invoice,
-                metadata={"period": f"{period:%Y-%m}", "total_minor": invoice.total_minor},
-            )
-    except IntegrityError:
-        return Invoice.objects.get(organization_id=organization_id, period=period)
-    return invoice
 
 
 def customer_ensure(*, organization: Organization) -> Customer:

@@ -79,3 +79,23 @@ def reconcile_period(period: str | None = None) -> int:
         extra={"period": f"{month:%Y-%m}", "invoices": checked, "differences": len(differences)},
     )
     return len(differences)
+
+
+# The close hands invoices to Stripe asynchronously; reconcile once the pushes had time to run.
+RECONCILE_AFTER_CLOSE_SECONDS = 3600
+
+
+@shared_task
+def close_due_periods() -> list[str]:
+    """Close every month that is due, push its invoices to Stripe, then reconcile it."""
+    from billing.closing import invoice_close_period, periods_due
+
+    closed = []
+    for period in periods_due():
+        for invoice_id in invoice_close_period(period=period):
+            invoice_push.delay(invoice_id)
+        reconcile_period.apply_async(
+            kwargs={"period": period.isoformat()}, countdown=RECONCILE_AFTER_CLOSE_SECONDS
+        )
+        closed.append(period.isoformat())
+    return closed

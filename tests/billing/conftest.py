@@ -13,7 +13,8 @@ import pytest
 import stripe
 
 from billing import stripe_adapter
-from billing.services import invoice_build, model_price_set
+from billing.closing import invoice_build
+from billing.services import model_price_set
 from keys import services as key_services
 from portal.audit import Actor
 from tests.factories import make_org, make_user

@@ -1,6 +1,7 @@
 """Closing a month: one invoice per organization and period whatever runs concurrently, and
 usage ingested during the close lands in exactly one month."""
 
+import logging
 import threading
 import uuid
 from datetime import UTC, date, datetime
@@ -111,14 +112,14 @@ def test_each_organization_gets_one_invoice_with_its_lines_and_nothing_to_pay_is
         NOTHING_TO_PAY,
     )
     assert not idle_invoice.lines.exists()
-    assert AuditEvent.objects.filter(action="invoice.created").count() == 3
+    assert AuditEvent.objects.filter(action="invoice.built").count() == 3
     assert ClosedPeriod.objects.filter(period=NOV).exists()
 
     # A second run builds nothing new.
     invoice_close_period(period=NOV)
     assert Invoice.objects.filter(period=NOV).count() == 3
     assert InvoiceLine.objects.count() == 2
-    assert AuditEvent.objects.filter(action="invoice.created").count() == 3
+    assert AuditEvent.objects.filter(action="invoice.built").count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
@@ -146,7 +147,7 @@ def test_two_concurrent_closes_build_one_invoice_per_organization(priced_tenants
     assert errors == []
     assert Invoice.objects.filter(period=NOV).count() == 3
     assert sorted(InvoiceLine.objects.values_list("amount_minor", flat=True)) == [100, 4900]
-    assert AuditEvent.objects.filter(action="invoice.created").count() == 3
+    assert AuditEvent.objects.filter(action="invoice.built").count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
@@ -200,3 +201,36 @@ def test_a_batch_ingested_during_the_close_lands_in_exactly_one_month(priced_ten
             "billed_period", "input_tokens"
         )
     ) == [(NOV, 1_000_000), (DEC, 3_000_000)]
+
+
+@pytest.mark.django_db
+def test_the_beat_job_closes_the_month_pushes_each_invoice_and_reconciles(
+    priced_tenants, stripe_customer, stripe_api, caplog
+):
+    from billing.tasks import close_due_periods
+
+    caplog.set_level(logging.INFO, logger="tollgate.billing")
+    busy, idle, fee = priced_tenants
+    for key in (busy, fee):
+        stripe_customer(key.organization, key.organization.memberships.first().user)
+    usage_events_ingest([event(busy, datetime(2026, 11, 3, 10, 5, tzinfo=UTC), 2_500_000)])
+
+    with time_machine.travel(datetime(2026, 12, 1, 1, 0, tzinfo=UTC), tick=False):
+        assert close_due_periods.delay().get() == ["2026-11-01"]
+
+    invoices = {invoice.organization_id: invoice for invoice in Invoice.objects.filter(period=NOV)}
+    assert {org: (invoice.status, invoice.total_minor) for org, invoice in invoices.items()} == {
+        busy.organization_id: ("paid", 250),
+        idle.organization_id: ("paid", 0),
+        fee.organization_id: ("paid", 4900),
+    }
+    assert invoices[idle.organization_id].stripe_invoice_id == ""
+    for organization_id in (busy.organization_id, fee.organization_id):
+        remote = stripe_api.v1.invoices.retrieve(invoices[organization_id].stripe_invoice_id)
+        assert (remote.status, remote.total) == ("paid", invoices[organization_id].total_minor)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    # Reconcile ran after the close and found nothing to report.
+    assert any(
+        r.getMessage() == "billing reconcile done" and r.differences == 0 and r.invoices == 3
+        for r in caplog.records
+    )
