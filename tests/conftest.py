@@ -12,7 +12,7 @@ import time_machine
 from django.utils import timezone
 
 # Throwaway servers a test may kill (private_redis, private_redis_aof, private_postgres).
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.billing.fixtures"]
 
 
 def pytest_addoption(parser):

@@ -11,7 +11,7 @@ from billing import stripe_adapter
 from billing.models import InvoiceLine, ModelPrice
 from billing.services import invoice_push
 from billing.tasks import reconcile_period
-from tests.billing.conftest import NOV
+from tests.billing.fixtures import NOV
 from tests.billing.test_stripe_push import Crash, crash_after
 from usage.models import ClosedPeriod
 

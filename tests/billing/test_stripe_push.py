@@ -10,7 +10,7 @@ from billing.models import Customer, Invoice, InvoiceLine
 from billing.services import invoice_push
 from billing.tasks import invoice_push as invoice_push_task
 from portal.models import AuditEvent
-from tests.billing.conftest import NOV
+from tests.billing.fixtures import NOV
 from tests.factories import make_org
 from tests.servers import free_port
 

@@ -1,4 +1,4 @@
-"""Billing fixtures: a localstripe of the session's own (completed by localstripe_ext.py), the
+"""Billing fixtures, for every test folder: a localstripe of the session's own (completed by localstripe_ext.py), the
 settings that point the Stripe adapter at it, and a client to look at what Stripe holds."""
 
 import signal
