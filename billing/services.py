@@ -327,3 +327,46 @@ def _push(invoice: Invoice) -> None:
             f"Stripe's invoice is {remote.status}, so it cannot be charged.", code="unexpected_status"
         )
     _invoice_transition(invoice, action="invoice.paid", status=Invoice.Status.PAID, paid_at=timezone.now())
+
+
+def invoice_void(*, actor: Actor, invoice: Invoice) -> Invoice:
+    """Void an open invoice here and in Stripe (staff only); nothing more is owed on it."""
+    with _push_lock(invoice.pk):
+        invoice.refresh_from_db()
+        if invoice.status != Invoice.Status.OPEN:
+            raise Conflict(
+                f"Only an open invoice can be voided; this one is {invoice.get_status_display().lower()}."
+            )
+        if invoice.stripe_invoice_id:
+            remote = stripe_adapter.invoice_void(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
+            if remote.status != "void":
+                raise BillingError(
+                    f"Stripe's invoice is {remote.status}, not void.", code="unexpected_status"
+                )
+        with transaction.atomic():
+            _invoice_update(invoice, status=Invoice.Status.VOID, voided_at=timezone.now())
+            audit_record(
+                actor=actor,
+                action="invoice.voided",
+                organization=invoice.organization,
+                target=invoice,
+                metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "total_minor": invoice.total_minor},
+            )
+    return invoice
+
+
+def invoice_push_request(*, actor: Actor, invoice: Invoice) -> None:
+    """Queue another push of a draft or open invoice to Stripe (staff only), audited."""
+    from billing.tasks import invoice_push as push_task
+
+    if invoice.no_charge_reason or invoice.status not in (Invoice.Status.DRAFT, Invoice.Status.OPEN):
+        raise Conflict(f"A {invoice.get_status_display().lower()} invoice has nothing to push.")
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="invoice.push_requested",
+            organization=invoice.organization,
+            target=invoice,
+            metadata={"push_attempts": invoice.push_attempts},
+        )
+        transaction.on_commit(lambda: push_task.delay(invoice.pk))

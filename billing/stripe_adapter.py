@@ -222,3 +222,13 @@ def invoice_pay(*, invoice: str, invoice_id: int, attempt: int) -> StripeInvoice
                 invoice, options={"idempotency_key": f"tg:inv:{invoice_id}:pay:{attempt}"}
             )
         )
+
+
+def invoice_void(*, invoice: str, invoice_id: int) -> StripeInvoice:
+    """Void an open invoice (open → void): nothing more is owed on it."""
+    with _errors():
+        return _invoice(
+            _client().v1.invoices.void_invoice(
+                invoice, options={"idempotency_key": f"tg:inv:{invoice_id}:void"}
+            )
+        )
