@@ -3,7 +3,8 @@
 Per request: authenticate the key (edge/auth.py), admit it against its price, limits and
 budgets (edge/admission.py), proxy it to an upstream (edge/proxy.py), and meter it
 (edge/meter.py): its usage event is journaled before the client has the end of the answer
-and published to Redis in batches off the response path (edge/publication.py).
+and published to Redis in batches off the response path (edge/publication.py). The model
+list a key sees comes from edge/catalogue.py.
 """
 
 import asyncio
@@ -25,6 +26,7 @@ from edge.accesslog import AccessLog
 from edge.admission import Admitter, Prices
 from edge.auth import Authenticator, bearer, header
 from edge.batching import ScriptBatcher
+from edge.catalogue import Catalogue
 from edge.config import MASTER_PID_ENV, EdgeConfig
 from edge.errors import EdgeError
 from edge.journal import Journal
@@ -33,7 +35,7 @@ from edge.meter import Meter, MeteredRequest
 from edge.metering import uuid7
 from edge.proxy import Exchange, UpstreamPool, forward_headers
 from edge.publication import Publisher
-from edge.records import INVALIDATE_CHANNEL, KeyRecord
+from edge.records import INVALIDATE_CHANNEL
 from edge.resp import RespConnection
 from edge.spool import Spool
 from edge.store import DataPlane
@@ -55,6 +57,7 @@ class Edge:
         self.config = config
         self.pool = UpstreamPool()
         self.upstreams = UpstreamClient(keepalive_seconds=60)
+        self.catalogue = Catalogue(config, self.upstreams)
         self.access_log = AccessLog(enabled=config.access_log)
         self.tracing = Tracing()
         self._background: list[asyncio.Task] = []
@@ -181,7 +184,7 @@ class Edge:
             elif path == "/v1/models" and method == "GET":
                 record = await self.auth.authenticate(scope)
                 metrics.REQUESTS.labels("200", "", str(record.org_id)).inc()
-                await respond(send, 200, self.models_body(record), request_id)
+                await respond(send, 200, await self.catalogue.body(record), request_id)
             elif path == "/healthz":
                 await respond(send, 200, b'{"status":"ok"}', request_id)
             elif path == "/readyz":
@@ -231,23 +234,6 @@ class Edge:
             await respond(send, 200, b'{"status":"ok","redis":"ok"}', request_id)
         except (RedisError, OSError):
             await respond(send, 503, b'{"status":"unavailable","redis":"error"}', request_id)
-
-    def models_body(self, record: KeyRecord) -> bytes:
-        names = sorted(
-            {
-                route.pattern
-                for route in self.config.routes
-                if not any(ch in route.pattern for ch in "*?[") and record.allows_model(route.pattern)
-            }
-        )
-        return orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"} for name in names
-                ],
-            }
-        )
 
     # --- proxying -----------------------------------------------------------------------
     async def proxy(self, scope, receive, send, endpoint: str, request_id: str, started: float):

@@ -5,9 +5,15 @@ apart, so that a flood of invented keys cannot push valid ones out. When Redis c
 reached, or has lost its data and the portal is rebuilding it, a key this process knew keeps
 working from its last record for ``auth_cache.stale_seconds``; anything else is answered
 503 with ``Retry-After``, never 401: the key may well be valid.
+
+A key this process does not know costs a Redis look-up, so those look-ups are rationed per
+client address (``unknown_keys``): a token bucket that a look-up takes from and a key found
+gives back. An address that keeps presenting keys nobody issued is answered 429 without a
+look-up once its bucket is empty; keys this process knows are never held back.
 """
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -59,12 +65,56 @@ class AuthCache:
             entry.at = min(entry.at, oldest)
 
 
+class LookupThrottle:
+    """Token buckets per client address, in a bounded LRU: look-ups of keys this process does
+    not know, ``burst`` at once, then ``per_second``.
+
+    The least recently seen address is forgotten first; forgotten, it starts again with a full
+    bucket, so the memory stays bounded whatever the number of addresses.
+    """
+
+    def __init__(self, burst: int, per_second: float, size: int):
+        self.burst = burst
+        self.per_second = per_second
+        self.size = size
+        # address -> [tokens, when they were counted]
+        self._buckets: OrderedDict[str | None, list[float]] = OrderedDict()
+
+    def take(self, address: str | None, now: float) -> float:
+        """Take a token for ``address``; return 0, or the seconds until one is there."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = [float(self.burst), now]
+            if len(self._buckets) > self.size:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.per_second)
+            bucket[1] = now
+        if bucket[0] < 1:
+            return (1 - bucket[0]) / self.per_second
+        bucket[0] -= 1
+        return 0.0
+
+    def give_back(self, address: str | None) -> None:
+        """The look-up found a key: it does not count against the address."""
+        bucket = self._buckets.get(address)
+        if bucket is not None:
+            bucket[0] = min(self.burst, bucket[0] + 1)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class Authenticator:
     def __init__(self, config: EdgeConfig, data_plane: DataPlane):
         self.config = config
         self.data_plane = data_plane
         self.known = AuthCache(config.auth_cache_size)
         self.unknown = AuthCache(max(config.auth_cache_size // 10, 1000))
+        self.throttle = LookupThrottle(
+            config.unknown_key_burst, config.unknown_key_per_second, config.unknown_key_addresses
+        )
 
     def drop(self, hashes) -> None:
         self.known.drop(hashes)
@@ -88,11 +138,11 @@ class Authenticator:
             raise invalid_key(
                 "Incorrect API key provided: it is not a Tollgate key (tg_live_… or tg_test_…)."
             )
-        record = await self._record(keyformat.key_hash(token, self.config.pepper))
+        client_ip = self.client_ip(scope)
+        record = await self._record(keyformat.key_hash(token, self.config.pepper), client_ip)
         if record is None:
             raise invalid_key()
         _check_standing(record)
-        client_ip = self.client_ip(scope)
         if not record.allows_ip(client_ip):
             raise EdgeError(
                 403,
@@ -102,7 +152,7 @@ class Authenticator:
             )
         return record
 
-    async def _record(self, secret_hash: str) -> KeyRecord | None:
+    async def _record(self, secret_hash: str, client_ip: str | None) -> KeyRecord | None:
         now = time.monotonic()
         entry = self.known.get(secret_hash)
         if entry is not None and now - entry.at < self.config.auth_cache_ttl:
@@ -113,6 +163,17 @@ class Authenticator:
             if negative is not None and now - negative.at < self.config.auth_cache_ttl:
                 metrics.AUTH_CACHE_HIT.inc()
                 return None
+            # Taken before the look-up, so that a burst of concurrent requests is rationed too.
+            wait = self.throttle.take(client_ip, now)
+            if wait:
+                metrics.UNKNOWN_KEY_THROTTLED.inc()
+                raise _throttled(wait)
+        record = await self._look_up(secret_hash, entry, now)
+        if entry is None and record is not None:
+            self.throttle.give_back(client_ip)
+        return record
+
+    async def _look_up(self, secret_hash: str, entry: CacheEntry | None, now: float) -> KeyRecord | None:
         try:
             raw, synced = await self.data_plane.read(KEY_PREFIX + secret_hash)
         except (OSError, RespError) as exc:
@@ -171,6 +232,18 @@ def client_address(peer: str | None, forwarded: str, trusted) -> str | None:
         if not address_in(entry, trusted):
             return entry
     return entries[0]
+
+
+def _throttled(wait: float) -> EdgeError:
+    retry_after = str(max(1, math.ceil(wait)))
+    return EdgeError(
+        429,
+        "Too many requests with unknown API keys from this address. "
+        f"Check the key and retry after {retry_after}s.",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers=[(b"retry-after", retry_after.encode())],
+    )
 
 
 def _check_standing(record: KeyRecord) -> None:

@@ -44,6 +44,11 @@ class EdgeConfig:
     auth_cache_ttl: float = 10.0
     auth_cache_size: int = 100_000
     stale_auth_seconds: float = 300.0
+    # Look-ups of keys this process does not know, per client address: a burst, then a rate;
+    # the buckets of this many addresses are kept (see edge.auth.LookupThrottle).
+    unknown_key_burst: int = 20
+    unknown_key_per_second: float = 1.0
+    unknown_key_addresses: int = 10_000
     spool_dir: str = ".run/spool"
     spool_fsync_ms: int = 50
     lease_ttl_seconds: int = 600
@@ -73,6 +78,7 @@ TOP_LEVEL = {
     "workers",
     "body_limit_bytes",
     "auth_cache",
+    "unknown_keys",
     "spool",
     "lease_ttl_seconds",
     "default_max_tokens",
@@ -85,6 +91,7 @@ TOP_LEVEL = {
 }
 LISTEN = {"host", "port"}
 AUTH_CACHE = {"ttl_seconds", "max_entries", "stale_seconds"}
+UNKNOWN_KEYS = {"burst", "per_second", "max_addresses"}
 SPOOL = {"dir", "fsync_ms"}
 ROUTE = {"model", "upstreams"}
 UPSTREAM = {"url", "weight", "api_key", "connect_timeout", "read_timeout"}
@@ -207,6 +214,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         raise ConfigError("EDGE_REDIS_URL (or redis_url in the config) must be a redis:// URL")
     listen = _mapping(data.get("listen"), "listen", LISTEN)
     cache = _mapping(data.get("auth_cache"), "auth_cache", AUTH_CACHE)
+    unknown_keys = _mapping(data.get("unknown_keys"), "unknown_keys", UNKNOWN_KEYS)
     spool = _mapping(data.get("spool"), "spool", SPOOL)
     return EdgeConfig(
         redis_url=redis_url,
@@ -224,6 +232,13 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         auth_cache_size=_number(cache.get("max_entries", 100_000), "auth_cache.max_entries", int, 1),
         stale_auth_seconds=_number(
             env.get("EDGE_STALE_AUTH_SECONDS") or cache.get("stale_seconds", 300), "auth_cache.stale_seconds"
+        ),
+        unknown_key_burst=_number(unknown_keys.get("burst", 20), "unknown_keys.burst", int, 1),
+        unknown_key_per_second=_number(
+            unknown_keys.get("per_second", 1), "unknown_keys.per_second", minimum=0.001
+        ),
+        unknown_key_addresses=_number(
+            unknown_keys.get("max_addresses", 10_000), "unknown_keys.max_addresses", int, 1
         ),
         spool_dir=env.get("EDGE_SPOOL_DIR") or spool.get("dir", ".run/spool"),
         spool_fsync_ms=_number(spool.get("fsync_ms", 50), "spool.fsync_ms", int, 1),

@@ -39,6 +39,10 @@ TTFT = Histogram(
 )
 AUTH_CACHE = Counter("tollgate_edge_auth_cache_total", "Key lookups by cache result", ["result"])
 AUTH_CACHE_HIT = AUTH_CACHE.labels("hit")  # bound once: every request takes this path
+UNKNOWN_KEY_THROTTLED = Counter(
+    "tollgate_edge_unknown_key_throttled_total",
+    "Requests refused (429) because their address looked up too many unknown keys",
+)
 REFUSALS = Counter("tollgate_edge_limit_refusals_total", "Requests refused by a limit", ["scope", "kind"])
 SPOOLED = Counter("tollgate_edge_spooled_events_total", "Usage events written to the local spool")
 SPOOL_PENDING = Gauge("tollgate_edge_spool_pending", "Usage events in the spool", multiprocess_mode="livesum")

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client for the model servers: pooled keep-alive connections, streamed bodies.
 
-The edge sends one kind of request (a POST with a JSON body it already holds in memory) and
-relays one kind of answer (JSON, or server-sent events). A general client spends most of a
+The edge sends one kind of request (a POST with a JSON body it already holds in memory, or a
+GET of the model list) and relays one kind of answer (JSON, or server-sent events). A general client spends most of a
 proxied request in Python doing things the edge never needs (cookie jars, redirects,
 multipart payloads, a writer task per request); this one parses with httptools (C), writes
 the request in one call, and hands the body over as it arrives.
@@ -329,17 +329,45 @@ class UpstreamClient:
         read_timeout: float,
     ) -> UpstreamResponse:
         """Send the request and return once the answer's status and headers are in."""
+        return await self._send(
+            b"POST", url, path, headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+
+    async def get(
+        self,
+        url: str,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> UpstreamResponse:
+        """Send a GET and return once the answer's status and headers are in."""
+        return await self._send(
+            b"GET", url, path, headers, b"", connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+
+    async def _send(
+        self,
+        method: bytes,
+        url: str,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> UpstreamResponse:
         origin = self.origin(url)
         head = b"".join(
             [
-                b"POST ",
+                method,
+                b" ",
                 origin.base_path,
                 path,
                 b" HTTP/1.1\r\nhost: ",
                 origin.host_header,
-                b"\r\ncontent-length: ",
-                str(len(body)).encode(),
-                b"\r\n",
+                b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n" if method == b"POST" else b"\r\n",
                 *[name + b": " + value + b"\r\n" for name, value in headers],
                 b"\r\n",
             ]

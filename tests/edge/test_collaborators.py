@@ -109,7 +109,7 @@ async def test_a_burst_of_distinct_reads_shares_one_connection_and_never_fails(p
 
 
 async def test_unknown_keys_are_cached_apart_and_cannot_push_a_valid_key_out(parts, redis):
-    config = dataclasses.replace(parts.config, auth_cache_ttl=60, auth_cache_size=10)
+    config = dataclasses.replace(parts.config, auth_cache_ttl=60, auth_cache_size=10, unknown_key_burst=100)
     auth = Authenticator(config, parts.data_plane)
     secret = await publish(redis, key_record())
     assert (await auth.authenticate(scope(secret))).key_id == "key_a"

@@ -28,6 +28,11 @@ def test_the_example_file_reads_as_documented():
     assert (config.host, config.port, config.workers) == ("127.0.0.1", 8080, 2)
     assert (config.auth_cache_ttl, config.auth_cache_size, config.stale_auth_seconds) == (10, 100_000, 300)
     assert (config.spool_dir, config.spool_fsync_ms, config.lease_ttl_seconds) == (".run/spool", 50, 600)
+    assert (config.unknown_key_burst, config.unknown_key_per_second, config.unknown_key_addresses) == (
+        20,
+        1,
+        10_000,
+    )
     assert (config.body_limit_bytes, config.default_max_tokens, config.trusted_proxies) == (
         10485760,
         4096,
@@ -138,7 +143,8 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             {"listn": {"port": 1}, "routes": ROUTES},
             {},
             "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
-            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, workers)",
+            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, "
+            "unknown_keys, workers)",
         ),
         (
             {"spool": {"directory": "/tmp"}, "routes": ROUTES},
@@ -146,6 +152,22 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             "spool has unknown settings: directory (known: dir, fsync_ms)",
         ),
         ({"auth_cache": 10, "routes": ROUTES}, {}, "auth_cache must be a mapping"),
+        (
+            {"unknown_keys": {"rate": 5}, "routes": ROUTES},
+            {},
+            "unknown_keys has unknown settings: rate (known: burst, max_addresses, per_second)",
+        ),
+        ({"unknown_keys": {"burst": 0}, "routes": ROUTES}, {}, "unknown_keys.burst must be >= 1, got 0"),
+        (
+            {"unknown_keys": {"per_second": 0}, "routes": ROUTES},
+            {},
+            "unknown_keys.per_second must be >= 0.001, got 0.0",
+        ),
+        (
+            {"unknown_keys": {"max_addresses": "many"}, "routes": ROUTES},
+            {},
+            "unknown_keys.max_addresses must be a number, got 'many'",
+        ),
         (
             {"trust_forwarded_for": True, "routes": ROUTES},
             {},

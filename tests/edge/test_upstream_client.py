@@ -73,9 +73,12 @@ class ScriptedServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,  # a GET has no body
                 )
                 body = await reader.readexactly(length)
                 self.requests.append((head, body))
@@ -131,6 +134,29 @@ async def test_request_line_headers_and_body_reach_the_server_and_the_answer_com
     assert b"content-length: 13" in lines
     assert b"x-request-id: abc" in lines
     assert body == b'{"model":"m"}'
+
+
+async def test_a_get_has_no_body_and_its_connection_is_reused(client, serve):
+    server = await serve([ok(b'{"data":[]}'), ok()])
+    response = await client.get(
+        server.url + "/openai",
+        b"/v1/models",
+        [(b"accept", b"application/json")],
+        connect_timeout=1.0,
+        read_timeout=5.0,
+    )
+    assert (response.status, await response.read()) == (200, b'{"data":[]}')
+    response.release()
+    following = await post(client, server)
+    assert await following.read() == JSON_ANSWER
+    following.release()
+    head, body = server.requests[0]
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET /openai/v1/models HTTP/1.1"
+    assert b"accept: application/json" in lines
+    assert not [line for line in lines if line.lower().startswith(b"content-length")]
+    assert body == b""
+    assert server.connections == 1
 
 
 async def test_a_base_path_in_the_upstream_url_prefixes_the_request_path(client, serve):
