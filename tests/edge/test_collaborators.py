@@ -29,19 +29,25 @@ def anyio_backend():
 
 
 @pytest.fixture
-async def redis(settings):
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+def redis_url(private_redis) -> str:
+    """A Redis server of the test's own: command counts are not shared with other tests."""
+    return private_redis.url
+
+
+@pytest.fixture
+async def redis(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
     await client.set(SYNCED_KEY, '{"v":1,"at":0}')
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def parts(settings, redis):
-    connection = RespConnection(settings.REDIS_URL)
+async def parts(redis_url, redis):
+    connection = RespConnection(redis_url)
     limiter = Limiter(ScriptBatcher(connection, SCRIPTS), 600)
     config = EdgeConfig(
-        redis_url=settings.REDIS_URL,
+        redis_url=redis_url,
         pepper=PEPPER,
         routes=(Route(pattern="*", upstreams=(Upstream(url="http://127.0.0.1:9"),)),),
         auth_cache_ttl=0,  # every look-up goes to Redis
