@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine, Plan
@@ -47,9 +48,10 @@ def periods_due(*, now: datetime | None = None) -> list[date]:
 
 
 def _organizations(period: date):
-    """Organizations that existed before the month ended."""
+    """Organizations that existed before the month ended, or have usage billed in it."""
     end = datetime.combine(add_months(period, 1), datetime.min.time(), tzinfo=UTC)
-    return Organization.objects.filter(created_at__lt=end)
+    billed = UsageRollup.unscoped.filter(billed_period=period).values("organization_id")
+    return Organization.objects.filter(Q(created_at__lt=end) | Q(pk__in=billed))
 
 
 def invoice_close_period(*, period: date) -> list[int]:

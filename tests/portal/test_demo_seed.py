@@ -1,17 +1,22 @@
 import io
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
 from allauth.account.models import EmailAddress
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from billing.models import ModelPrice
+from billing.models import Invoice, ModelPrice
+from billing.rating import round_minor
 from keys.models import ApiKey, ApiKeySecret
 from keys.services import secret_hash
 from portal import services
 from portal.audit import Actor
 from portal.models import AuditEvent, Membership, Organization, User
 from tests.factories import make_user
+from usage.models import ClosedPeriod, UsageRollup
+from usage.partitions import add_months, month_start
 
 pytestmark = pytest.mark.django_db
 
@@ -107,12 +112,60 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
         ("key.created", OWNER, key.public_id),
         ("price.set", OWNER, str(prices[0].pk)),
         ("price.set", OWNER, str(prices[1].pk)),
+        ("invoice.built", "system", str(Invoice.objects.get().pk)),
     ]
     assert [row[1:] for row in after_first["keys"]] == [("Demo key", ["demo-*"], 600)]
     assert [row[1:] for row in after_first["prices"]] == [
         ("demo-chat", Decimal("150.000000")),
         ("demo-embed", Decimal("150.000000")),
     ]
+
+
+@pytest.mark.clock
+def test_seed_gives_the_demo_last_months_closed_invoice_and_this_months_usage(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    seed(tmp_path / "demo_password")
+    seed(tmp_path / "demo_password")
+
+    organization = Organization.objects.get()
+    this_month = month_start(timezone.now().date())
+    last_month = add_months(this_month, -1)
+    invoice = Invoice.objects.get()
+    assert (invoice.organization, invoice.period, invoice.status) == (organization, last_month, "draft")
+    assert ClosedPeriod.objects.filter(period=last_month).exists()
+    lines = list(invoice.lines.values_list("model", "tokens", "quantity", "amount_minor"))
+    assert [line[:2] for line in lines] == [
+        ("demo-chat", "input"),
+        ("demo-chat", "cached_input"),
+        ("demo-chat", "output"),
+        ("demo-embed", "input"),
+    ]
+    # Every line is its tokens at the demo prices (50, 25, 150 per million), rounded once.
+    hours = lines[3][2] // 900_000
+    assert hours > 0
+    assert lines == [
+        ("demo-chat", "input", 300_000 * hours, round_minor(Decimal(300_000 * hours * 50) / 1_000_000)),
+        (
+            "demo-chat",
+            "cached_input",
+            120_000 * hours,
+            round_minor(Decimal(120_000 * hours * 25) / 1_000_000),
+        ),
+        ("demo-chat", "output", 96_000 * hours, round_minor(Decimal(96_000 * hours * 150) / 1_000_000)),
+        ("demo-embed", "input", 900_000 * hours, round_minor(Decimal(900_000 * hours * 50) / 1_000_000)),
+    ]
+    assert invoice.total_minor == sum(line[3] for line in lines)
+    # This month's usage so far is billed in this month, which stays open.
+    assert UsageRollup.unscoped.filter(organization=organization, billed_period=this_month).exists() == (
+        timezone.now() - timedelta(hours=1) > first_working_hour(this_month)
+    )
+
+
+def first_working_hour(month):
+    day = datetime.combine(month, time(9), tzinfo=UTC)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
 
 
 def test_seed_mints_a_new_demo_secret_when_the_stored_one_is_lost(tmp_path, monkeypatch):

@@ -2,13 +2,14 @@
 
 import os
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from portal import services
 from portal.audit import Actor
@@ -16,6 +17,7 @@ from portal.env import env_str
 from portal.errors import DomainError
 from portal.models import Membership, Organization, User
 from portal.roles import Role
+from usage.partitions import add_months, month_start
 
 OWNER_EMAIL = "demo@tollgate.local"
 ADMIN_EMAIL = "admin@tollgate.local"
@@ -128,6 +130,8 @@ def _demo_prices_ensure(*, owner: User) -> None:
     from billing import services as billing_services
     from billing.models import ModelPrice
 
+    # From the start of last month, so that the demo's last-month usage is priced.
+    since = datetime.combine(add_months(month_start(timezone.now().date()), -1), time.min, tzinfo=UTC)
     for model in DEMO_MODELS:
         if not ModelPrice.objects.filter(model=model).exists():
             billing_services.model_price_set(
@@ -136,7 +140,47 @@ def _demo_prices_ensure(*, owner: User) -> None:
                 input_per_mtok_minor="50",
                 output_per_mtok_minor="150",
                 cached_input_per_mtok_minor="25",
+                effective_from=since,
             )
+
+
+# Working hours of a small team: (model, input, cached, output) tokens per hour.
+DEMO_HOURLY_USAGE = [("demo-chat", 420_000, 120_000, 96_000), ("demo-embed", 900_000, 0, 0)]
+
+
+def _demo_usage_ensure(*, organization: Organization) -> None:
+    """Give the demo last month's usage (closed into an invoice) and this month's so far."""
+    from billing.closing import invoice_close_period
+    from keys.models import ApiKey
+    from usage.models import UsageRollup
+
+    now = timezone.now()
+    this_month = month_start(now.date())
+    last_month = add_months(this_month, -1)
+    if UsageRollup.unscoped.filter(organization=organization, billed_period__gte=last_month).exists():
+        return
+    key = ApiKey.objects.for_organization(organization).get(name=DEMO_KEY_NAME, revoked_at=None)
+    hour = datetime.combine(last_month, time(9), tzinfo=UTC)
+    rows = []
+    while hour < now - timedelta(hours=1):
+        if hour.weekday() < 5 and 9 <= hour.hour < 18:
+            rows.extend(
+                UsageRollup(
+                    organization=organization,
+                    key=key,
+                    model=model,
+                    hour=hour,
+                    billed_period=month_start(hour.date()),
+                    requests=60,
+                    input_tokens=input_tokens,
+                    cached_tokens=cached,
+                    output_tokens=output,
+                )
+                for model, input_tokens, cached, output in DEMO_HOURLY_USAGE
+            )
+        hour += timedelta(hours=1)
+    UsageRollup.unscoped.bulk_create(rows)
+    invoice_close_period(period=last_month)
 
 
 class Command(BaseCommand):
@@ -165,6 +209,7 @@ class Command(BaseCommand):
                 organization = _organization_ensure(owner=owner)
                 api_key = _demo_key_ensure(owner=owner, organization=organization, path=key_file)
                 _demo_prices_ensure(owner=owner)
+                _demo_usage_ensure(organization=organization)
         except DomainError as error:
             raise CommandError(error.message) from error
         self.stdout.write(
