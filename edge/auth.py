@@ -12,6 +12,7 @@ gives back. An address that keeps presenting keys nobody issued is answered 429 
 look-up once its bucket is empty; keys this process knows are never held back.
 """
 
+import asyncio
 import logging
 import math
 import time
@@ -115,6 +116,8 @@ class Authenticator:
         self.throttle = LookupThrottle(
             config.unknown_key_burst, config.unknown_key_per_second, config.unknown_key_addresses
         )
+        # Look-ups of keys this process has never seen, by hash, while they run.
+        self._pending: dict[str, asyncio.Future] = {}
 
     def drop(self, hashes) -> None:
         self.known.drop(hashes)
@@ -163,15 +166,24 @@ class Authenticator:
             if negative is not None and now - negative.at < self.config.auth_cache_ttl:
                 metrics.AUTH_CACHE_HIT.inc()
                 return None
+            pending = self._pending.get(secret_hash)
+            if pending is not None:
+                # A burst of one new key: one look-up, one token, whoever else asks waits for it.
+                return await asyncio.shield(pending)
             # Taken before the look-up, so that a burst of concurrent requests is rationed too.
             wait = self.throttle.take(client_ip, now)
             if wait:
                 metrics.UNKNOWN_KEY_THROTTLED.inc()
                 raise _throttled(wait)
-        record = await self._look_up(secret_hash, entry, now)
-        if entry is None and record is not None:
-            self.throttle.give_back(client_ip)
-        return record
+            pending = self._pending[secret_hash] = asyncio.ensure_future(
+                self._look_up(secret_hash, entry, now)
+            )
+            pending.add_done_callback(lambda _done: self._pending.pop(secret_hash, None))
+            record = await asyncio.shield(pending)
+            if record is not None:
+                self.throttle.give_back(client_ip)
+            return record
+        return await self._look_up(secret_hash, entry, now)
 
     async def _look_up(self, secret_hash: str, entry: CacheEntry | None, now: float) -> KeyRecord | None:
         try:

@@ -259,3 +259,21 @@ async def test_the_settlement_of_an_admission_lost_midway_releases_its_lease_and
 
     assert await redis.zcard("tg:conc:{o:3}:k:key_a") == 0
     assert await redis.hgetall("tg:rl:{o:3}:k:key_a") == counters
+
+
+async def test_a_burst_of_one_new_key_is_one_look_up_and_one_token(parts, redis):
+    config = dataclasses.replace(
+        parts.config, auth_cache_ttl=60, unknown_key_burst=1, unknown_key_per_second=0.001
+    )
+    auth = Authenticator(config, parts.data_plane)
+    secret = await publish(redis, key_record())
+    before = await get_calls(redis)
+
+    records = await asyncio.gather(*(auth.authenticate(scope(secret)) for _ in range(300)))
+
+    assert {record.key_id for record in records} == {"key_a"}
+    assert await get_calls(redis) - before == 1
+    # The look-up found the key, so its token came back: an unknown key is still looked up.
+    with pytest.raises(EdgeError) as refused:
+        await auth.authenticate(scope(keyformat.generate("live")))
+    assert refused.value.status == 401
