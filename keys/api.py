@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from keys import selectors, services
 from keys.models import ApiKey
 from portal.api.base import OrganizationAPIView
-from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, PROBLEMS, responses
+from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, responses
 from portal.errors import DomainError
 from portal.roles import Perm
 
@@ -147,7 +147,7 @@ class KeyListView(OrganizationAPIView):
         operation_id="keys_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=ApiKeyCreateSerializer,
-        responses=responses({201: ApiKeyCreatedSerializer}, 400, 401, 403, 404, 422, 429),
+        responses=responses({201: ApiKeyCreatedSerializer}, 400, 401, 403, 404, 415, 422, 429),
     )
     def post(self, request):
         data = ApiKeyCreateSerializer(data=request.data)
@@ -185,7 +185,7 @@ class KeyDetailView(_KeyView):
         operation_id="keys_update",
         parameters=[ORG_HEADER],
         request=ApiKeyWriteSerializer,
-        responses=responses(ApiKeySerializer, 400, 401, 403, 404, 429, extra={409: PROBLEMS[400]}),
+        responses=responses(ApiKeySerializer, 400, 401, 403, 404, 409, 415, 429),
     )
     def patch(self, request, key_id: str):
         key = self._key(key_id)
@@ -202,9 +202,7 @@ class KeyRotateView(_KeyView):
         operation_id="keys_rotate",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=RotateSerializer,
-        responses=responses(
-            ApiKeyRotatedSerializer, 400, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}
-        ),
+        responses=responses(ApiKeyRotatedSerializer, 400, 401, 403, 404, 409, 415, 422, 429),
     )
     def post(self, request, key_id: str):
         key = self._key(key_id)

@@ -109,3 +109,19 @@ def redis_client(settings):
     client = redis.Redis.from_url(settings.REDIS_URL)
     yield client
     client.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the counts a test recorded under ``summary`` (the fuzz runs), also from xdist workers."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("summary")
+        for line in lines:
+            terminalreporter.write_line(line)

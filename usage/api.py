@@ -3,7 +3,8 @@
 from datetime import timedelta
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -59,7 +60,7 @@ class UsageEventsView(OrganizationAPIView):
         operation_id="usage_events_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=UsageEventsInSerializer,
-        responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 422, 429),
+        responses=responses(UsageEventsResultSerializer, 400, 401, 403, 404, 415, 422, 429),
         description="Post up to 1,000 usage events. Each gets a result: accepted, duplicate (not an error: "
         "this organization already posted an event with that `event_id`, whatever its timestamp) or "
         "rejected with the reason. Event ids are unique per organization: another organization's event "
@@ -183,9 +184,21 @@ class UsageView(OrganizationAPIView):
     @extend_schema(
         operation_id="usage_retrieve",
         parameters=[ORG_HEADER, UsageQuerySerializer],
-        responses=responses(UsageResultSerializer, 400, 401, 403, 404, 429),
+        responses=responses(
+            {
+                (200, "application/json"): UsageResultSerializer,
+                (200, CSVRenderer.media_type): OpenApiResponse(
+                    OpenApiTypes.STR, description="The rows as CSV."
+                ),
+            },
+            400,
+            401,
+            403,
+            404,
+            429,
+        ),
         description="Usage from the hourly rollups, grouped by hour or day and optionally by model and key. "
-        "`format=csv` returns the same rows as CSV.",
+        "`format=csv` (or `Accept: text/csv`) returns the same rows as CSV.",
     )
     def get(self, request):
         query = UsageQuerySerializer(data=request.query_params)
@@ -213,7 +226,8 @@ class UsageView(OrganizationAPIView):
             key_id=key_pk,
             model=params.get("model"),
         )
-        if params["format"] == "csv":
+        # ``?format=csv`` and ``Accept: text/csv`` both choose the CSV renderer.
+        if request.accepted_renderer.format == CSVRenderer.format:
             return usage_csv_response(data, group_by=params["group_by"])
         return Response(
             {

@@ -9,6 +9,7 @@ from portal import selectors
 from portal.api.authentication import ServicePrincipal
 from portal.api.idempotency import fingerprint, idempotency_claim
 from portal.api.pagination import CursorPagination
+from portal.api.problems import PROBLEM_CONTENT_TYPE, render_as_problem
 from portal.audit import Actor, client_ip
 from portal.errors import DomainError, NotFound
 from portal.models import AuditEvent
@@ -51,6 +52,10 @@ class OrganizationAPIView(APIView):
         return super().dispatch(request, *args, **kwargs)
 
     def initial(self, request, *args, **kwargs):
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            # No such operation: 405 for everyone, before the role table refuses a method it lacks.
+            self.http_method_not_allowed(request)
         super().initial(request, *args, **kwargs)
         self._resolve_organization(request)
         self._publish_organization(request)
@@ -120,7 +125,8 @@ class OrganizationAPIView(APIView):
         if isinstance(exc, _Replay):
             response = Response(exc.data, status=exc.status, headers={"Idempotent-Replayed": "true"})
             if exc.status >= 400:
-                response.content_type = "application/problem+json"
+                response.content_type = PROBLEM_CONTENT_TYPE
+                render_as_problem(self.request)
             return response
         return super().handle_exception(exc)
 

@@ -1,8 +1,11 @@
 """RFC 9457 problem details for every API error."""
 
+import json
+
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from portal.errors import DomainError
@@ -20,13 +23,17 @@ _TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     429: "Too many requests",
+    500: "Server error",
 }
 
 
-def problem(
-    status_code: int, code: str, detail: str, *, errors: dict | None = None, headers=None
-) -> Response:
-    """Build a problem+json response."""
+class ProblemRenderer(JSONRenderer):
+    """Render error bodies as JSON whatever the view's renderers are (CSV included)."""
+
+    media_type = PROBLEM_CONTENT_TYPE
+
+
+def problem_body(status_code: int, code: str, detail: str, *, errors: dict | None = None) -> dict:
     body = {
         "type": f"urn:tollgate:problem:{code}",
         "title": _TITLES.get(status_code, "Error"),
@@ -35,9 +42,53 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    response = Response(body, status=status_code, headers=headers)
+    return body
+
+
+def render_as_problem(request) -> None:
+    """Render this request's answer as problem+json, whichever renderer negotiation chose."""
+    request.accepted_renderer = ProblemRenderer()
+    request.accepted_media_type = PROBLEM_CONTENT_TYPE
+
+
+def problem(
+    status_code: int, code: str, detail: str, *, errors: dict | None = None, headers=None
+) -> Response:
+    """Build a problem+json response."""
+    response = Response(
+        problem_body(status_code, code, detail, errors=errors), status=status_code, headers=headers
+    )
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+class ProblemResponseMiddleware:
+    """Turn every error answered under ``/api/`` into problem+json, whoever answered it.
+
+    DRF views answer problems themselves; Django answers before or after a view runs: a URL
+    that matches no route (a non-numeric id, say), a server error, a refused host. Their
+    HTML pages become a problem with the same status and headers.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path_info.startswith("/api/")
+            and response.get("Content-Type") != PROBLEM_CONTENT_TYPE
+            and not response.streaming
+        ):
+            phrase = response.reason_phrase
+            code = phrase.lower().replace(" ", "_").replace("-", "_")
+            body = problem_body(response.status_code, code, f"{phrase.capitalize()}.")
+            response.content = json.dumps(body).encode()
+            response["Content-Type"] = PROBLEM_CONTENT_TYPE
+            if response.has_header("Content-Length"):
+                response["Content-Length"] = str(len(response.content))
+        return response
 
 
 def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -63,6 +114,13 @@ def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
 
 
 def exception_handler(exc, context):
+    response = _problem_for(exc, context)
+    if response is not None:
+        render_as_problem(context["request"])
+    return response
+
+
+def _problem_for(exc, context):
     if isinstance(exc, DomainError):
         errors = {exc.field: [exc.message]} if exc.field else None
         # A refused field reads like any other validation error, whichever layer refused it.

@@ -39,7 +39,13 @@ class MemberUpdateSerializer(serializers.Serializer):
 
 
 class InvitationSerializer(serializers.ModelSerializer):
-    invited_by = serializers.EmailField(source="invited_by.email", read_only=True, default=None)
+    invited_by = serializers.EmailField(
+        source="invited_by.email",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="Who sent it; null when a service account did.",
+    )
 
     class Meta:
         model = Invitation

@@ -27,6 +27,9 @@ PROBLEMS = {
         401: "Not authenticated",
         403: "The role lacks the permission",
         404: "Not found, or another organization's",
+        406: "The Accept header names no media type this operation answers",
+        409: "Conflicts with the current state (e.g. already a member, the last owner)",
+        415: "The body is not JSON (see Content-Type)",
         422: "Idempotency-Key reused with a different request",
         429: "Rate limited; see Retry-After",
     }.items()
@@ -48,17 +51,16 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 
 # Every tenant operation can answer these: no organization named (400), not authenticated
-# (401), role, MFA or CSRF (403), not a member (404), rate limited (429).
-ALWAYS = (400, 401, 403, 404, 429)
+# (401), role, MFA or CSRF (403), not a member (404), nothing acceptable (406), rate limited
+# (429). Operations with a body add 415.
+ALWAYS = (400, 401, 403, 404, 406, 429)
 
 
-def responses(ok, *codes, extra=None):
+def responses(ok, *codes):
     """Document the success body, then each error as the problem+json it is served as."""
     result = {**ok} if isinstance(ok, dict) else {200: ok}
     for code in sorted(set(codes) | set(ALWAYS)):
         result[(code, PROBLEM_CONTENT_TYPE)] = PROBLEMS[code]
-    for code, problem in (extra or {}).items():
-        result[(code, PROBLEM_CONTENT_TYPE)] = problem
     return result
 
 
@@ -77,7 +79,7 @@ class OrganizationView(OrganizationAPIView):
         operation_id="organization_update",
         parameters=[ORG_HEADER],
         request=OrganizationUpdateSerializer,
-        responses=responses(OrganizationSerializer, 400, 401, 403, 404, 429),
+        responses=responses(OrganizationSerializer, 400, 401, 403, 404, 415, 429),
     )
     def patch(self, request):
         data = OrganizationUpdateSerializer(data=request.data)
@@ -130,7 +132,7 @@ class MemberDetailView(OrganizationAPIView):
         operation_id="members_update_role",
         parameters=[ORG_HEADER],
         request=MemberUpdateSerializer,
-        responses=responses(MemberSerializer, 400, 401, 403, 404, 429, extra={409: PROBLEMS[400]}),
+        responses=responses(MemberSerializer, 400, 401, 403, 404, 409, 415, 429),
     )
     def patch(self, request, member_id: int):
         data = MemberUpdateSerializer(data=request.data)
@@ -143,7 +145,7 @@ class MemberDetailView(OrganizationAPIView):
     @extend_schema(
         operation_id="members_remove",
         parameters=[ORG_HEADER],
-        responses=responses({204: None}, 401, 403, 404, 429, extra={409: PROBLEMS[400]}),
+        responses=responses({204: None}, 401, 403, 404, 409, 429),
     )
     def delete(self, request, member_id: int):
         services.membership_remove(actor=self.actor, membership=self._membership(member_id))
@@ -167,9 +169,7 @@ class InvitationListView(OrganizationAPIView):
         operation_id="invitations_create",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=InvitationCreateSerializer,
-        responses=responses(
-            {201: InvitationSerializer}, 400, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}
-        ),
+        responses=responses({201: InvitationSerializer}, 400, 401, 403, 404, 409, 415, 422, 429),
     )
     def post(self, request):
         data = InvitationCreateSerializer(data=request.data)
@@ -187,7 +187,7 @@ class InvitationRevokeView(OrganizationAPIView):
         operation_id="invitations_revoke",
         parameters=[ORG_HEADER, IDEMPOTENCY_HEADER],
         request=None,
-        responses=responses(InvitationSerializer, 401, 403, 404, 422, 429, extra={409: PROBLEMS[400]}),
+        responses=responses(InvitationSerializer, 401, 403, 404, 409, 422, 429),
     )
     def post(self, request, invitation_id: int):
         invitation = selectors.invitation_get(organization=self.organization, invitation_id=invitation_id)

@@ -1,10 +1,15 @@
 """Helpers for the REST API tests: JSON calls, problem+json checks, expected bodies, DB diffs."""
 
+import base64
+
 from django.test import Client
 from rest_framework.fields import DateTimeField
 
+from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret, ServiceAccount
+from portal.audit import Actor
 from portal.models import AuditEvent, IdempotencyRecord, Invitation, Membership, Organization
+from portal.roles import Role
 from usage.models import UsageEvent, UsageRollup
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -13,9 +18,13 @@ TITLES = {
     401: "Unauthenticated",
     403: "Forbidden",
     404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
     409: "Conflict",
+    415: "Unsupported media type",
     422: "Unprocessable content",
     429: "Too many requests",
+    500: "Server error",
 }
 _datetime = DateTimeField()
 
@@ -30,6 +39,21 @@ def session_client(user=None, *, enforce_csrf_checks: bool = False) -> Client:
     if user is not None:
         client.force_login(user)
     return client
+
+
+def service_token(organization: Organization, owner, *, role: str = Role.DEVELOPER) -> str:
+    """Create a service account in the organization and return an access token it obtained."""
+    _account, client_id, secret = key_services.service_account_create(
+        actor=Actor(user=owner), organization=organization, name="deployer", role=role
+    )
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    response = Client().post(
+        "/identity/o/api/token",
+        {"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
 
 
 def call(client: Client, method: str, path: str, body=None, *, query=None, headers=None):

@@ -1,12 +1,8 @@
 """Which organization a request acts in, and CSRF for console sessions."""
 
-import base64
-
 import pytest
 
-from keys import services as key_services
 from keys.models import ApiKey
-from portal.audit import Actor
 from portal.models import AuditEvent
 from portal.roles import Role
 from tests.api.support import (
@@ -17,6 +13,7 @@ from tests.api.support import (
     key_json,
     organization_json,
     page,
+    service_token,
     session_client,
 )
 from tests.factories import add_member
@@ -138,22 +135,8 @@ def test_session_get_needs_no_csrf_token(world):
 # --- service accounts ---------------------------------------------------------------------
 
 
-def _service_token(world, role=Role.DEVELOPER) -> str:
-    _account, client_id, secret = key_services.service_account_create(
-        actor=Actor(user=world.users[Role.OWNER]), organization=world.org, name="deployer", role=role
-    )
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    response = session_client().post(
-        "/identity/o/api/token",
-        {"grant_type": "client_credentials"},
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    assert response.status_code == 200, response.content
-    return response.json()["access_token"]
-
-
 def test_service_account_acts_in_its_own_organization_and_needs_no_csrf(world):
-    token = _service_token(world)
+    token = service_token(world.org, world.users[Role.OWNER])
     client = session_client(enforce_csrf_checks=True)
     response = call(
         client, "POST", "/api/v1/keys", {"name": "ci"}, headers={"Authorization": f"Bearer {token}"}
@@ -166,7 +149,7 @@ def test_service_account_acts_in_its_own_organization_and_needs_no_csrf(world):
 
 
 def test_service_account_role_is_enforced(world):
-    token = _service_token(world, role=Role.VIEWER)
+    token = service_token(world.org, world.users[Role.OWNER], role=Role.VIEWER)
     response = call(
         session_client(), "POST", "/api/v1/keys", {"name": "ci"}, headers={"Authorization": f"Bearer {token}"}
     )
