@@ -45,6 +45,18 @@ class AccountAdapter(DefaultAccountAdapter):
     def get_login_redirect_url(self, request) -> str:
         return reverse("console-home")
 
+    def _get_login_attempts_cache_key(self, request, **credentials) -> str:
+        """Count failed logins per address and account, never per account alone.
+
+        allauth keys its per-"key" limit on the account, so wrong passwords sent from
+        anywhere would lock its owner out. With the client address in the key, failures
+        from one address throttle that address (the per-"ip" limit) and that address's
+        attempts on the account; the owner still logs in from elsewhere.
+        """
+        return (
+            f"{self.get_client_ip(request)}:{super()._get_login_attempts_cache_key(request, **credentials)}"
+        )
+
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     def is_open_for_signup(self, request, sociallogin) -> bool:
