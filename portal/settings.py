@@ -130,12 +130,17 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Tollgate] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = SITE_URL.split(":", 1)[0]
+# login_failed: "ip" is the client address, "key" is address + account (see
+# AccountAdapter._get_login_attempts_cache_key), so nobody can lock out another's account.
 ACCOUNT_RATE_LIMITS = {
     "login_failed": "10/m/ip,5/5m/key",
     "signup": "20/m/ip",
     "confirm_email": "1/3m/key",
     "reset_password": "20/m/ip,5/m/key",
 }
+# The client address is REMOTE_ADDR for allauth as for the audit log and django-ratelimit:
+# X-Forwarded-For is not read, the proxy in front sets REMOTE_ADDR.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
 SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
 SOCIALACCOUNT_AUTO_SIGNUP = True
