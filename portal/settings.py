@@ -321,13 +321,21 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "portal.observability.JsonFormatter"}},
+    "filters": {"task_arguments": {"()": "portal.observability.TaskArgumentsFilter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # Where Celery logs a task's arguments (received, succeeded), eager or in a worker.
+        "celery.app.trace": {"filters": ["task_arguments"]},
+        "celery.worker.strategy": {"filters": ["task_arguments"]},
     },
 }
+# /metrics: the bearer of this token, or (unset) only clients on this host, as on the edge.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters (or unset: loopback only)")
 
 if SENTRY_DSN:
     from portal.observability import sentry_init
