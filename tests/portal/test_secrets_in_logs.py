@@ -109,3 +109,14 @@ def test_celery_task_log_records_carry_no_arguments(caplog):
     assert len(records) == 1
     assert records[0].data["args"] == records[0].data["kwargs"] == "[Filtered]"
     assert "no-such-message-3f9a1c" not in repr(vars(records[0]))
+
+
+def test_sentry_events_show_one_time_tokens_in_urls_filtered():
+    from portal.observability import _before_send
+
+    event = {"request": {"url": "https://console.example.com/invitations/s3cr3t-t0ken/", "method": "GET"}}
+
+    assert _before_send(event, None)["request"] == {
+        "url": "https://console.example.com/invitations/[Filtered]/",
+        "method": "GET",
+    }
