@@ -6,13 +6,12 @@ from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from django.contrib.auth.signals import user_login_failed
-from django.db import transaction
 from django.dispatch import receiver
 from django.urls import reverse
 
 from portal.audit import Actor, audit_record
+from portal.emails import email_queue
 from portal.env import env_bool
-from portal.tasks import send_email
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -36,14 +35,22 @@ class AccountAdapter(DefaultAccountAdapter):
             ),
             None,
         )
-        transaction.on_commit(
-            lambda: send_email.delay(
-                to=list(message.to), subject=message.subject, body=message.body, html=html
-            )
-        )
+        email_queue(to=list(message.to), subject=message.subject, body=message.body, html=html)
 
     def get_login_redirect_url(self, request) -> str:
         return reverse("console-home")
+
+    def _get_login_attempts_cache_key(self, request, **credentials) -> str:
+        """Count failed logins per address and account, never per account alone.
+
+        allauth keys its per-"key" limit on the account, so wrong passwords sent from
+        anywhere would lock its owner out. With the client address in the key, failures
+        from one address throttle that address (the per-"ip" limit) and that address's
+        attempts on the account; the owner still logs in from elsewhere.
+        """
+        return (
+            f"{self.get_client_ip(request)}:{super()._get_login_attempts_cache_key(request, **credentials)}"
+        )
 
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):

@@ -1,12 +1,16 @@
 """Request logging, Prometheus metrics and Sentry set-up for the web and worker processes."""
 
+import hmac
+import ipaddress
 import json
 import logging
 import os
 import re
 import time
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
+from django.urls import Resolver404, resolve
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
@@ -23,6 +27,10 @@ LATENCY = Histogram(
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# URL parts that are credentials: invitation tokens, allauth's email confirmation and
+# password reset keys. Logs and error reports show the route with these filtered.
+_SECRET_URL_KWARGS = ("token", "key")
+FILTERED = "[Filtered]"
 _LOG_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -42,6 +50,36 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
+
+
+def loggable_path(path: str, match=None) -> str:
+    """Return ``path`` with the secret parts of its URL (one-time tokens) filtered."""
+    if match is None:
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return path
+    for name in _SECRET_URL_KWARGS:
+        value = match.kwargs.get(name)
+        if value:
+            path = path.replace(str(value), FILTERED)
+    return path
+
+
+class TaskArgumentsFilter(logging.Filter):
+    """Keep Celery's task arguments out of its "received" and "succeeded" log records.
+
+    Celery hands those records the arguments (in ``args`` and the ``data`` extra) for
+    custom formats; a task argument may be a secret, and JSON logs print every extra.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for context in (record.args, getattr(record, "data", None)):
+            if isinstance(context, dict):
+                for name in ("args", "kwargs"):
+                    if name in context:
+                        context[name] = FILTERED
+        return True
 
 
 class RequestObservabilityMiddleware:
@@ -68,7 +106,7 @@ class RequestObservabilityMiddleware:
             extra={
                 "request_id": request.request_id,
                 "method": request.method,
-                "path": request.path,
+                "path": loggable_path(request.path, match) if match else request.path,
                 "view": view,
                 "status": response.status_code,
                 "duration_ms": round(duration * 1000, 2),
@@ -77,6 +115,28 @@ class RequestObservabilityMiddleware:
             },
         )
         return response
+
+
+def metrics_refusal(*, remote_addr: str, authorization: str, token: str) -> tuple[int, str] | None:
+    """Say why ``/metrics`` refuses this client, or None to answer it.
+
+    The edge's rule: with a token configured, only its bearer; without one, only this host.
+    """
+    if token:
+        scheme, _, offered = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), token.encode()):
+            return 401, "The metrics need the configured bearer token."
+        return None
+    try:
+        loopback = ipaddress.ip_address(remote_addr).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return (
+            403,
+            "The metrics answer clients on this host only; set METRICS_TOKEN to scrape from elsewhere.",
+        )
+    return None
 
 
 def metrics_payload() -> bytes:
@@ -109,6 +169,10 @@ def scrub(value):
 
 
 def _before_send(event, hint):
+    request = event.get("request")
+    if isinstance(request, dict) and isinstance(request.get("url"), str):
+        parts = urlsplit(request["url"])
+        request["url"] = urlunsplit(parts._replace(path=loggable_path(parts.path)))
     return scrub(event)
 
 

@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "portal.observability.RequestObservabilityMiddleware",
     "portal.api.problems.ProblemResponseMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "portal.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -131,12 +132,17 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Tollgate] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = SITE_URL.split(":", 1)[0]
+# login_failed: "ip" is the client address, "key" is address + account (see
+# AccountAdapter._get_login_attempts_cache_key), so nobody can lock out another's account.
 ACCOUNT_RATE_LIMITS = {
     "login_failed": "10/m/ip,5/5m/key",
     "signup": "20/m/ip",
     "confirm_email": "1/3m/key",
     "reset_password": "20/m/ip,5/m/key",
 }
+# The client address is REMOTE_ADDR for allauth as for the audit log and django-ratelimit:
+# X-Forwarded-For is not read, the proxy in front sets REMOTE_ADDR.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
 SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
 SOCIALACCOUNT_AUTO_SIGNUP = True
@@ -328,13 +334,21 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "portal.observability.JsonFormatter"}},
+    "filters": {"task_arguments": {"()": "portal.observability.TaskArgumentsFilter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # Where Celery logs a task's arguments (received, succeeded), eager or in a worker.
+        "celery.app.trace": {"filters": ["task_arguments"]},
+        "celery.worker.strategy": {"filters": ["task_arguments"]},
     },
 }
+# /metrics: the bearer of this token, or (unset) only clients on this host, as on the edge.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters (or unset: loopback only)")
 
 if SENTRY_DSN:
     from portal.observability import sentry_init

@@ -1,14 +1,12 @@
 from celery import shared_task
-from django.core.mail import EmailMultiAlternatives
+
+from portal.emails import email_deliver
 
 
 @shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
-def send_email(*, to: list[str], subject: str, body: str, html: str | None = None) -> None:
-    """Send one email through the configured backend."""
-    message = EmailMultiAlternatives(subject=subject, body=body, to=to)
-    if html:
-        message.attach_alternative(html, "text/html")
-    message.send()
+def send_email(*, email_id: str) -> None:
+    """Send one queued email (portal.emails.email_queue) through the configured backend."""
+    email_deliver(email_id=email_id)
 
 
 @shared_task

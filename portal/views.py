@@ -354,8 +354,19 @@ def readyz(request):
 def metrics(request):
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from portal.observability import metrics_payload
+    from portal.observability import metrics_payload, metrics_refusal
 
+    refusal = metrics_refusal(
+        remote_addr=request.META.get("REMOTE_ADDR", ""),
+        authorization=request.headers.get("Authorization", ""),
+        token=settings.METRICS_TOKEN,
+    )
+    if refusal is not None:
+        status, message = refusal
+        response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+        if status == 401:
+            response["WWW-Authenticate"] = "Bearer"
+        return response
     return HttpResponse(metrics_payload(), content_type=CONTENT_TYPE_LATEST)
 
 

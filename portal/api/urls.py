@@ -1,5 +1,5 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from keys import api as keys_api
 from portal.api import views
@@ -23,5 +23,5 @@ urlpatterns = [
     path("v1/usage/events", usage_api.UsageEventsView.as_view(), name="api-usage-events"),
     path("v1/audit-events", views.AuditEventListView.as_view(), name="api-audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -40,9 +40,12 @@ def test_docs_load_swagger_ui_from_vendored_static_files():
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in assets
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css" in assets
     assert all(not asset.startswith(("http:", "https:", "//")) for asset in assets), assets
-    assert '"/api/schema/"' in page
+    # The start-up script is a file too (the Content-Security-Policy refuses inline script).
+    assert "/api/docs/?script=" in assets
+    assert '"/api/schema/"' in client.get("/api/docs/?script=").content.decode()
     for asset in assets:
         fetched = client.get(asset)
         assert fetched.status_code == 200, asset
         body = b"".join(fetched.streaming_content) if fetched.streaming else fetched.content
-        assert len(body) > 500, asset
+        # The vendored Swagger UI files are whole; the page's own stylesheet is a few rules.
+        assert len(body) > (500 if "sidecar" in asset else 100), asset

@@ -13,10 +13,10 @@ from django.db import connection
 
 from portal.audit import Actor
 from portal.celery import app as celery_app
+from portal.emails import email_queue
 from portal.models import Invitation
 from portal.roles import Role
 from portal.services import invitation_create
-from portal.tasks import send_email
 from tests.factories import make_org, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,8 +65,9 @@ def worker(tmp_path, settings):
                 "solo",
                 "--concurrency",
                 "1",
+                # info: the level that logs each task received and succeeded.
                 "-l",
-                "warning",
+                "info",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -106,15 +107,15 @@ def _wait_for_mail(worker, *needles: str) -> str:
     )
 
 
-def test_send_email_task_is_delivered_by_a_real_worker(worker):
-    result = send_email.delay(
-        to=["ops@example.com"],
-        subject="Quarterly usage report",
-        body="Your usage report for Q3 is ready.",
-    )
+def test_queued_email_is_delivered_by_a_real_worker(worker, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        email_queue(
+            to=["ops@example.com"],
+            subject="Quarterly usage report",
+            body="Your usage report for Q3 is ready.",
+        )
 
     text = _wait_for_mail(worker, "Quarterly usage report", "Your usage report for Q3 is ready.")
-    assert result.id
     assert "To: ops@example.com" in text
     assert "Subject: Quarterly usage report" in text
 
@@ -132,3 +133,18 @@ def test_invitation_email_is_sent_by_the_worker_after_commit(worker):
     assert "To: new.dev@example.com" in text
     assert "Subject: [Tollgate] You are invited to join Acme Robotics" in text
     assert f"{owner.email} invited you to join Acme Robotics on Tollgate as Developer." in text
+    # The worker logged the task, but not the link it sent.
+    _mail_dir, _process, log_path = worker
+    log = _wait_for_log(log_path, "Task portal.tasks.send_email[", " succeeded in ")
+    assert token not in log
+
+
+def _wait_for_log(log_path: Path, *needles: str) -> str:
+    """Poll the worker's log until a line contains every needle; return the whole log."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        if any(all(needle in line for needle in needles) for line in text.splitlines()):
+            return text
+        time.sleep(0.2)
+    pytest.fail(f"no worker log line with {needles!r} within {WAIT_SECONDS}s:\n{log_path.read_text()}")

@@ -166,6 +166,51 @@ def test_metrics_are_served_in_prometheus_text_format(client):
     )
 
 
+METRICS_TOKEN = "scrape-" + "m" * 24
+METRICS_REFUSED_REMOTELY = (
+    b"The metrics answer clients on this host only; set METRICS_TOKEN to scrape from elsewhere."
+)
+
+
+@pytest.mark.parametrize("address", ["203.0.113.9", "10.0.0.5", "2001:db8::1"])
+def test_metrics_refuse_a_client_on_another_host_when_no_token_is_set(client, address):
+    response = client.get("/metrics", REMOTE_ADDR=address)
+
+    assert response.status_code == 403
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content == METRICS_REFUSED_REMOTELY
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.53", "::1"])
+def test_metrics_answer_this_host_when_no_token_is_set(client, address):
+    response = client.get("/metrics", REMOTE_ADDR=address)
+
+    assert response.status_code == 200
+    assert b"# TYPE tollgate_http_requests_total counter" in response.content
+
+
+def test_metrics_answer_the_bearer_of_the_token_from_anywhere(client, settings):
+    settings.METRICS_TOKEN = METRICS_TOKEN
+
+    response = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
+
+    assert response.status_code == 200
+    assert b"# TYPE tollgate_http_requests_total counter" in response.content
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789", f"Basic {METRICS_TOKEN}"])
+@pytest.mark.parametrize("address", ["203.0.113.9", "127.0.0.1"])
+def test_metrics_with_a_token_set_refuse_anyone_without_it(client, settings, authorization, address):
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
+
+    response = client.get("/metrics", REMOTE_ADDR=address, **headers)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Bearer"
+    assert response.content == b"The metrics need the configured bearer token."
+
+
 # --- Health probes ----------------------------------------------------------------------
 
 

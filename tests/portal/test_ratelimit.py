@@ -61,3 +61,68 @@ def test_allauth_login_failure_limit_also_applies(client, settings):
     assert response.status_code == 200
     assert b"Too many failed login attempts. Try again later." in response.content
     assert "_auth_user_id" not in client.session
+
+
+ADDRESS_A = "203.0.113.7"
+ADDRESS_B = "198.51.100.23"
+THROTTLED = b"Too many failed login attempts. Try again later."
+
+
+def _log_in(client, address: str, email: str, password: str):
+    return client.post("/accounts/login/", {"login": email, "password": password}, REMOTE_ADDR=address)
+
+
+def test_wrong_passwords_from_one_address_do_not_lock_the_account_elsewhere(settings):
+    from django.test import Client
+
+    from tests.factories import make_user
+
+    make_user("victim@example.com")
+    attacker, owner = Client(), Client()
+    for _ in range(5):
+        response = _log_in(attacker, ADDRESS_A, "victim@example.com", "guess")
+        assert response.status_code == 200
+        assert THROTTLED not in response.content
+
+    # The address that guessed is throttled for this account, even with the right password.
+    refused = _log_in(attacker, ADDRESS_A, "victim@example.com", PASSWORD)
+    assert refused.status_code == 200
+    assert THROTTLED in refused.content
+    assert "_auth_user_id" not in attacker.session
+
+    # The owner, from another address, logs in at once.
+    response = _log_in(owner, ADDRESS_B, "victim@example.com", PASSWORD)
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+    assert owner.session["_auth_user_id"]
+
+
+def test_failures_on_one_account_leave_the_address_free_for_another(settings):
+    from django.test import Client
+
+    from tests.factories import make_user
+
+    make_user("victim@example.com")
+    colleague = make_user("colleague@example.com")
+    client = Client()
+    for _ in range(5):
+        assert THROTTLED not in _log_in(client, ADDRESS_A, "victim@example.com", "guess").content
+
+    response = _log_in(client, ADDRESS_A, "colleague@example.com", PASSWORD)
+    assert response.status_code == 302
+    assert client.session["_auth_user_id"] == str(colleague.pk)
+
+
+def test_an_address_is_throttled_across_accounts(settings):
+    from django.test import Client
+
+    from tests.factories import make_user
+
+    make_user("victim@example.com")
+    client = Client()
+    for number in range(10):
+        response = _log_in(client, ADDRESS_A, f"guess-{number}@example.com", "guess")
+        assert THROTTLED not in response.content
+    refused = _log_in(client, ADDRESS_A, "victim@example.com", PASSWORD)
+    assert THROTTLED in refused.content
+    assert _log_in(Client(), ADDRESS_B, "victim@example.com", PASSWORD).status_code == 302

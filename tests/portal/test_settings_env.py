@@ -160,6 +160,16 @@ def test_process_refuses_to_start_with_a_non_postgres_database_url():
     )
 
 
+def test_process_refuses_to_start_with_a_short_metrics_token():
+    result = _run(["-c", "import django; django.setup()"], METRICS_TOKEN="short")
+
+    assert result.returncode != 0
+    assert (
+        "ImproperlyConfigured: METRICS_TOKEN must be at least 16 characters (or unset: loopback only)"
+        in result.stderr
+    )
+
+
 def test_manage_py_check_refuses_a_malformed_allowed_hosts_list():
     result = _run(["manage.py", "check"], ALLOWED_HOSTS="tollgate.example.com,")
 
