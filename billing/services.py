@@ -201,7 +201,6 @@ def invoice_credit_add(*, actor: Actor, invoice: Invoice, amount_minor: int, des
             organization=invoice.organization,
             target=invoice,
             metadata={
-                "invoice": invoice.public_id,
                 "amount_minor": amount_minor,
                 "currency": invoice.currency,
                 "description": description,

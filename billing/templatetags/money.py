@@ -17,7 +17,9 @@ def money(amount_minor, currency: str) -> str:
 
 @register.filter
 def per_mtok(price_minor, currency: str) -> str:
-    """Render a price in minor units per million tokens as ``0.125 USD / 1M``, every digit kept."""
-    major = Decimal(price_minor).scaleb(-minor_exponent(currency))
-    text = f"{major.normalize():f}"
-    return f"{text} {currency.upper()} / 1M"
+    """Render a price in minor units per million tokens as ``1.00 USD / 1M`` or, finer than the
+    minor unit, ``0.125 USD / 1M``: every significant digit kept."""
+    exponent = minor_exponent(currency)
+    major = Decimal(price_minor).scaleb(-exponent)
+    shown = max(exponent, -major.normalize().as_tuple().exponent)
+    return f"{major:,.{shown}f} {currency.upper()} / 1M"
