@@ -12,7 +12,15 @@ from billing.services import model_price_set
 from keys import services as key_services
 from portal.audit import Actor
 from portal.roles import ROLE_PERMISSIONS, Perm, Role
-from tests.api.support import assert_matches_schema, assert_problem, call, iso, openapi_schema, session_client
+from tests.api.support import (
+    assert_matches_schema,
+    assert_problem,
+    call,
+    invoice_json,
+    iso,
+    openapi_schema,
+    session_client,
+)
 from usage.models import UsageRollup
 from usage.partitions import add_months, month_start
 
@@ -56,40 +64,6 @@ def invoices(world):
     )
     theirs = build_invoice(world.other, OCTOBER, [Line("fee", "", "", 1, None, 100, "fee")])
     return {"september": september, "october": october, "theirs": theirs}
-
-
-def invoice_json(invoice: Invoice) -> dict:
-    invoice = Invoice.objects.get(pk=invoice.pk)
-    return {
-        "id": invoice.public_id,
-        "period": invoice.period.isoformat(),
-        "plan": "Standard",
-        "status": invoice.status,
-        "currency": "usd",
-        "total_minor": invoice.total_minor,
-        "no_charge_reason": invoice.no_charge_reason,
-        "lines": [
-            {
-                "position": line.position,
-                "kind": line.kind,
-                "model": line.model,
-                "tokens": line.tokens,
-                "quantity": line.quantity,
-                "unit_price_per_mtok_minor": (
-                    None
-                    if line.unit_price_per_mtok_minor is None
-                    else f"{line.unit_price_per_mtok_minor:.6f}"
-                ),
-                "amount_minor": line.amount_minor,
-                "description": line.description,
-            }
-            for line in invoice.lines.order_by("position")
-        ],
-        "created_at": iso(invoice.created_at),
-        "finalized_at": iso(invoice.finalized_at),
-        "paid_at": iso(invoice.paid_at),
-        "voided_at": iso(invoice.voided_at),
-    }
 
 
 def test_an_invoice_reads_with_its_lines_to_the_cent(world, invoices):
