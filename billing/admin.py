@@ -1,14 +1,53 @@
-from django.contrib import admin
+"""Django admin for billing: prices and plans (versions are added, never edited), invoices
+(read-only but for a credit on a draft), customers. Every write goes through a service."""
+
+from datetime import timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from billing import services
-from billing.models import ModelPrice
+from billing.currency import format_minor
+from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
+from portal.admin import AuditedAdmin
 from portal.audit import Actor
+from portal.errors import DomainError
+
+PRICE_FIELDS = [
+    "model",
+    "input_per_mtok_minor",
+    "output_per_mtok_minor",
+    "cached_input_per_mtok_minor",
+    "effective_from",
+]
+
+
+def _next_hour():
+    return timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+class PriceVersionForm(forms.ModelForm):
+    """Refuse a start the service refuses, on the field, before anything is written."""
+
+    def clean_effective_from(self):
+        try:
+            return services._price_start(self.cleaned_data.get("effective_from"))
+        except DomainError as error:
+            raise forms.ValidationError(error.message) from None
 
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     """Prices are versions: staff add new ones; existing versions are never edited."""
 
+    form = PriceVersionForm
     list_display = [
         "model",
         "input_per_mtok_minor",
@@ -18,13 +57,10 @@ class ModelPriceAdmin(admin.ModelAdmin):
     ]
     search_fields = ["model"]
     list_filter = ["currency"]
-    fields = [
-        "model",
-        "input_per_mtok_minor",
-        "output_per_mtok_minor",
-        "cached_input_per_mtok_minor",
-        "effective_from",
-    ]
+    fields = PRICE_FIELDS
+
+    def get_changeform_initial_data(self, request):
+        return {"effective_from": _next_hour(), **super().get_changeform_initial_data(request)}
 
     def has_change_permission(self, request, obj=None):
         return obj is None
@@ -42,3 +78,226 @@ class ModelPriceAdmin(admin.ModelAdmin):
             effective_from=obj.effective_from,
         )
         obj.pk = price.pk
+
+
+class PlanPriceInline(admin.TabularInline):
+    """A plan's price versions: shown read-only, new ones added (through the service)."""
+
+    model = PlanPrice
+    form = PriceVersionForm
+    fields = PRICE_FIELDS
+    extra = 0
+    can_delete = False
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form.base_fields["effective_from"].initial = _next_hour
+        return formset
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Plan)
+class PlanAdmin(AuditedAdmin):
+    list_display = [
+        "name",
+        "currency",
+        "fee",
+        "is_default",
+        "rpm_limit",
+        "tpm_limit",
+        "concurrency_limit",
+        "budget_monthly_minor",
+    ]
+    list_filter = ["currency", "is_default"]
+    search_fields = ["name"]
+    readonly_fields = ["created_at"]
+    inlines = [PlanPriceInline]
+
+    @admin.display(description="Monthly fee")
+    def fee(self, plan):
+        return format_minor(plan.monthly_fee_minor, plan.currency)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # invoices and assignments keep their plan
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not PlanPrice:
+            return super().save_formset(request, form, formset, change)
+        for price in formset.save(commit=False):
+            services.plan_price_set(
+                actor=Actor.staff(request),
+                plan=form.instance,
+                model=price.model,
+                input_per_mtok_minor=price.input_per_mtok_minor,
+                output_per_mtok_minor=price.output_per_mtok_minor,
+                cached_input_per_mtok_minor=price.cached_input_per_mtok_minor,
+                effective_from=price.effective_from,
+            )
+
+
+class PlanChangeForm(forms.ModelForm):
+    class Meta:
+        model = PlanAssignment
+        fields = ["organization", "plan"]
+        help_texts = {"plan": "Applies from the first day of next month; this month keeps its plan."}
+
+
+@admin.register(PlanAssignment)
+class PlanAssignmentAdmin(admin.ModelAdmin):
+    """Which plan each organization is on from which month. Adding one changes a plan (audited)."""
+
+    form = PlanChangeForm
+    list_display = ["organization", "plan", "period", "created_at"]
+    list_filter = ["plan", "period"]
+    search_fields = ["organization__name", "organization__slug"]
+    autocomplete_fields = ["organization"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        assignment = services.organization_plan_change(
+            actor=Actor.staff(request), organization=obj.organization, plan=obj.plan
+        )
+        obj.pk, obj.period = assignment.pk, assignment.period
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    fields = ["position", "kind", "description", "quantity", "unit_price_per_mtok_minor", "amount_minor"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class PeriodFilter(admin.SimpleListFilter):
+    title = "period"
+    parameter_name = "period"
+
+    def lookups(self, request, model_admin):
+        periods = Invoice.objects.values_list("period", flat=True).distinct().order_by("-period")[:36]
+        return [(period.isoformat(), f"{period:%Y-%m}") for period in periods]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(period=self.value()) if self.value() else queryset
+
+
+class CreditForm(forms.Form):
+    amount_minor = forms.IntegerField(
+        min_value=1, label="Amount (minor units)", help_text="Cents for usd: 1250 credits 12.50."
+    )
+    description = forms.CharField(max_length=500, help_text="Shown to the customer on the invoice.")
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    """Invoices are built by the close and mirrored to Stripe: staff read them and credit drafts."""
+
+    list_display = ["public_id", "organization", "period", "status", "total", "stripe_invoice_id"]
+    list_filter = ["status", PeriodFilter]
+    search_fields = ["public_id", "organization__name", "organization__slug", "stripe_invoice_id"]
+    fields = [
+        "public_id",
+        "organization",
+        "period",
+        "plan",
+        "status",
+        "total",
+        "credit",
+        "no_charge_reason",
+        "stripe_invoice_id",
+        "push_attempts",
+        "last_push_error",
+        "created_at",
+        "finalized_at",
+        "paid_at",
+        "voided_at",
+    ]
+    readonly_fields = fields
+    inlines = [InvoiceLineInline]
+
+    @admin.display(description="Total")
+    def total(self, invoice):
+        return format_minor(invoice.total_minor, invoice.currency)
+
+    @admin.display(description="Credit")
+    def credit(self, invoice):
+        if invoice.status != Invoice.Status.DRAFT:
+            return "Only a draft invoice takes a credit."
+        url = reverse("admin:billing_invoice_credit", args=[invoice.pk])
+        return format_html('<a href="{}">Add a credit line</a>', url)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        credit = self.admin_site.admin_view(self.credit_view)
+        return [path("<int:invoice_pk>/credit/", credit, name="billing_invoice_credit"), *super().get_urls()]
+
+    def credit_view(self, request, invoice_pk: int):
+        """Add a credit line to a draft invoice (``billing.services.invoice_credit_add``)."""
+        if not request.user.has_perm("billing.change_invoice"):
+            raise PermissionDenied
+        invoice = Invoice.objects.select_related("organization").filter(pk=invoice_pk).first()
+        if invoice is None:
+            raise Http404
+        back = reverse("admin:billing_invoice_change", args=[invoice.pk])
+        form = CreditForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                line = services.invoice_credit_add(
+                    actor=Actor.staff(request), invoice=invoice, **form.cleaned_data
+                )
+            except DomainError as error:
+                if error.field not in form.fields:
+                    messages.error(request, error.message)
+                    return redirect(back)
+                form.add_error(error.field, error.message)
+            else:
+                messages.success(
+                    request,
+                    f"Credited {format_minor(-line.amount_minor, invoice.currency)} to {invoice.public_id}.",
+                )
+                return redirect(back)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Credit {invoice.public_id}",
+            "invoice": invoice,
+            "total": format_minor(invoice.total_minor, invoice.currency),
+            "form": form,
+            "back": back,
+        }
+        return TemplateResponse(request, "admin/billing/invoice/credit.html", context)
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["organization", "stripe_customer_id", "created_at"]
+    search_fields = ["organization__name", "organization__slug", "stripe_customer_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -2,6 +2,12 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from portal.ids import public_id
+
+
+def new_invoice_id() -> str:
+    return public_id("inv")
+
 
 class ModelPrice(models.Model):
     """The price of a model from a moment on, in cents per million tokens (versioned by date)."""
@@ -134,6 +140,7 @@ class Invoice(models.Model):
         UNCOLLECTIBLE = "uncollectible", "Uncollectible"
         VOID = "void", "Void"
 
+    public_id = models.CharField(max_length=40, unique=True, default=new_invoice_id, editable=False)
     organization = models.ForeignKey("portal.Organization", on_delete=models.PROTECT, related_name="+")
     period = models.DateField(help_text="First day of the billed month.")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
@@ -156,7 +163,10 @@ class Invoice(models.Model):
             models.UniqueConstraint(fields=["organization", "period"], name="invoice_one_per_period"),
             models.CheckConstraint(condition=models.Q(period__day=1), name="invoice_first_of_month"),
         ]
-        indexes = [models.Index(fields=["status", "period"])]
+        indexes = [
+            models.Index(fields=["status", "period"]),
+            models.Index(fields=["organization", "-public_id"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.organization_id} {self.period:%Y-%m}"

@@ -110,6 +110,19 @@ def round_minor(amount: Decimal) -> int:
     return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def exact_amount(tokens: int, per_mtok: Decimal) -> Decimal:
+    """Price ``tokens`` at ``per_mtok`` minor units per million, exactly (rounding comes later)."""
+    return tokens * per_mtok / MILLION
+
+
+def usage_amount(usage: Usage, book: PriceBook) -> Decimal:
+    """Price every token kind of one usage slice at its first hour's price, exactly."""
+    price = book.at(usage.model, usage.start)
+    if price is None:
+        return Decimal(0)
+    return sum((exact_amount(usage.tokens(kind), price.per_mtok(kind)) for kind in TOKEN_KINDS), Decimal(0))
+
+
 def rate(
     *, usage: Iterable[Usage], book: PriceBook, fee_minor: int, fee_description: str = "Platform fee"
 ) -> Rating:
@@ -129,7 +142,7 @@ def rate(
                 continue
             per_mtok = price.per_mtok(kind) if price else Decimal(0)
             line = (slice_.model, kind)
-            exact[line] += tokens * per_mtok / MILLION
+            exact[line] += exact_amount(tokens, per_mtok)
             quantity[line] += tokens
             unit[line].add(per_mtok)
             if price is None:

@@ -1,12 +1,19 @@
 """Reads for billing: the plan an organization is on, its prices, and its usage ready to rate."""
 
 from collections import defaultdict
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 
 from django.db import connection
+from django.db.models import QuerySet
+from django.utils import timezone
 
-from billing.models import ModelPrice, Plan, PlanAssignment, PlanPrice
-from billing.rating import Price, PriceBook, Rating, Usage, rate
+from billing.models import Invoice, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing.rating import Price, PriceBook, Rating, Usage, rate, round_minor, usage_amount
+from portal.errors import DomainError
+from usage import selectors as usage_selectors
+from usage.partitions import add_months, month_start
 
 
 def plan_default() -> Plan:
@@ -120,3 +127,133 @@ def period_ratings(*, period: date, organization_ids) -> dict[int, tuple[Plan, R
         )
         for organization_id, plan in plans.items()
     }
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """The current month rated so far: what its invoice would say if it closed now."""
+
+    period: date
+    start: datetime
+    end: datetime
+    plan: Plan
+    rating: Rating
+
+
+def _month_bounds(period: date) -> tuple[datetime, datetime]:
+    return (
+        datetime.combine(period, time.min, tzinfo=UTC),
+        datetime.combine(add_months(period, 1), time.min, tzinfo=UTC),
+    )
+
+
+def billing_upcoming(*, organization) -> Upcoming:
+    """Rate ``organization``'s open month so far with its plan, as the close will."""
+    period = month_start(timezone.now().astimezone(UTC).date())
+    plan, rating = period_ratings(period=period, organization_ids=[organization.pk])[organization.pk]
+    start, end = _month_bounds(period)
+    return Upcoming(period=period, start=start, end=end, plan=plan, rating=rating)
+
+
+def rated_lines(rating: Rating) -> list[dict]:
+    """Return rated lines under the names an invoice line has, numbered as the close numbers them."""
+    return [
+        {
+            "position": position,
+            "kind": line.kind,
+            "model": line.model,
+            "tokens": line.tokens,
+            "quantity": line.quantity,
+            "unit_price_per_mtok_minor": line.unit_price,
+            "amount_minor": line.amount_minor,
+            "description": line.description,
+        }
+        for position, line in enumerate(rating.lines, start=1)
+    ]
+
+
+def amounts_by_model(rating: Rating) -> list[dict]:
+    """Sum the rated usage lines per model, in the lines' order."""
+    totals: dict[str, int] = {}
+    for line in rating.lines:
+        if line.kind == "usage":
+            totals[line.model] = totals.get(line.model, 0) + line.amount_minor
+    return [{"model": model, "amount_minor": amount} for model, amount in totals.items()]
+
+
+def invoices_list(*, organization) -> QuerySet[Invoice]:
+    """Return ``organization``'s invoices, newest first, with their plan and lines."""
+    return (
+        Invoice.objects.filter(organization=organization)
+        .select_related("plan")
+        .prefetch_related("lines")
+        .order_by("-public_id")
+    )
+
+
+def invoice_get(*, organization, invoice_id: str) -> Invoice | None:
+    """Return one of ``organization``'s invoices by its public id; another's is None, like none."""
+    return invoices_list(organization=organization).filter(public_id=invoice_id).first()
+
+
+@dataclass(frozen=True)
+class UsageCosts:
+    """Usage priced per row group (the keys are ``usage.selectors.group_fields`` values)."""
+
+    currency: str
+    by_group: dict[tuple, int]
+
+
+def usage_costs(
+    *,
+    organization,
+    start: datetime,
+    end: datetime,
+    granularity: str | None = None,
+    group_by: tuple[str, ...] = (),
+    key_id: int | None = None,
+    model: str | None = None,
+) -> UsageCosts:
+    """Price the window's usage per row group from its token counts, rounded once per group.
+
+    Each rollup is priced as its invoice prices it: with the plan of the month that carries it
+    and the price in effect at its hour. Rows of different currencies cannot be summed, so a
+    window whose months are on plans of different currencies is refused.
+    """
+    window = {"organization": organization, "start": start, "end": end, "key_id": key_id, "model": model}
+    plans = {
+        period: plan_for(organization_id=organization.pk, period=period)
+        for period in usage_selectors.usage_billed_periods(**window)
+    }
+    if not plans:
+        current = month_start(timezone.now().astimezone(UTC).date())
+        return UsageCosts(
+            currency=plan_for(organization_id=organization.pk, period=current).currency, by_group={}
+        )
+    currencies = {plan.currency for plan in plans.values()}
+    if len(currencies) > 1:
+        raise DomainError(
+            "This range spans plans in different currencies; choose a range within one of them.",
+            field="start",
+        )
+    books = price_books({plan.pk: plan for plan in plans.values()}.values())
+    changes = sorted({moment for book in books.values() for moment in book.changes()})
+    fields = list(usage_selectors.group_fields(granularity=granularity, group_by=group_by))
+    exact: dict[tuple, Decimal] = defaultdict(Decimal)
+    for row in usage_selectors.usage_token_slices(
+        changes=changes, granularity=granularity, group_by=group_by, **window
+    ):
+        usage = Usage(
+            model=row["model"],
+            start=row["first_hour"],
+            input_tokens=row["input_tokens"],
+            cached_tokens=row["cached_tokens"],
+            output_tokens=row["output_tokens"],
+        )
+        exact[tuple(row[field] for field in fields)] += usage_amount(
+            usage, books[plans[row["billed_period"]].pk]
+        )
+    return UsageCosts(
+        currency=currencies.pop(),
+        by_group={group: round_minor(amount) for group, amount in exact.items()},
+    )

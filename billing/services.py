@@ -3,7 +3,7 @@ from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Max
 from django.utils import timezone
 
 from billing import stripe_adapter
@@ -370,3 +370,51 @@ def invoice_push_request(*, actor: Actor, invoice: Invoice) -> None:
             metadata={"push_attempts": invoice.push_attempts},
         )
         transaction.on_commit(lambda: push_task.delay(invoice.pk))
+
+
+def invoice_credit_add(*, actor: Actor, invoice: Invoice, amount_minor: int, description: str) -> InvoiceLine:
+    """Credit a draft invoice: a negative line at its end, the total lowered in the same write.
+
+    Only a draft may change (an open invoice is what the customer was sent), and a credit may
+    bring the total to zero but not below.
+    """
+    description = description.strip()
+    if not description or len(description) > 500:
+        raise DomainError("Say what the credit is for (1 to 500 characters).", field="description")
+    if amount_minor <= 0:
+        raise DomainError("A credit is a positive amount in minor units.", field="amount_minor")
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.DRAFT:
+            raise Conflict(
+                f"Only a draft invoice takes a credit; this one is {invoice.get_status_display().lower()}."
+            )
+        if amount_minor > invoice.total_minor:
+            raise DomainError(
+                f"A credit cannot exceed the invoice total ({format_minor(invoice.total_minor, invoice.currency)}).",
+                field="amount_minor",
+            )
+        last = invoice.lines.aggregate(last=Max("position"))["last"] or 0
+        line = InvoiceLine.objects.create(
+            invoice=invoice,
+            position=last + 1,
+            kind=InvoiceLine.Kind.CREDIT,
+            quantity=1,
+            amount_minor=-amount_minor,
+            description=description,
+        )
+        invoice.total_minor -= amount_minor
+        invoice.save(update_fields=["total_minor"])
+        audit_record(
+            actor=actor,
+            action="invoice.credit_added",
+            organization=invoice.organization,
+            target=invoice,
+            metadata={
+                "amount_minor": amount_minor,
+                "currency": invoice.currency,
+                "description": description,
+                "total_minor": invoice.total_minor,
+            },
+        )
+    return line

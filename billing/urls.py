@@ -1,12 +1,7 @@
 from django.urls import path
 
-from portal.roles import Perm
-from portal.views import PlaceholderView
+from billing import views
 
 urlpatterns = [
-    path(
-        "billing/",
-        PlaceholderView.as_view(title="Billing", required_permission=Perm.BILLING_VIEW),
-        name="org-billing",
-    ),
+    path("billing/", views.BillingView.as_view(), name="org-billing"),
 ]

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from billing.selectors import plan_default
 from portal.audit import Actor, audit_record
 from portal.emails import email_send
 from portal.errors import Conflict, DomainError, NotAllowed
@@ -44,7 +45,9 @@ def organization_create(*, actor: Actor, name: str, slug: str = "") -> Organizat
                 raise DomainError("The slug needs letters or digits.", field="slug")
             if Organization.objects.filter(slug=slug).exists():
                 raise Conflict("That slug is taken; choose another.", field="slug")
-        organization = Organization.objects.create(name=name, slug=slug or _assign_slug(name))
+        organization = Organization.objects.create(
+            name=name, slug=slug or _assign_slug(name), **_default_plan_limits()
+        )
         Membership.objects.create(user=actor.user, organization=organization, role=Role.OWNER)
         audit_record(
             actor=actor,
@@ -54,6 +57,13 @@ def organization_create(*, actor: Actor, name: str, slug: str = "") -> Organizat
             metadata={"name": organization.name, "slug": organization.slug},
         )
     return organization
+
+
+def _default_plan_limits() -> dict:
+    """Return the limits the default plan sets; a limit it leaves empty stays unlimited."""
+    plan = plan_default()
+    limits = {field: getattr(plan, field) for field in ORGANIZATION_LIMIT_FIELDS}
+    return {field: value for field, value in limits.items() if value is not None}
 
 
 def organization_update(

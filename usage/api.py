@@ -16,7 +16,7 @@ from portal.api.views import IDEMPOTENCY_HEADER, ORG_HEADER, responses
 from portal.errors import DomainError
 from portal.roles import Perm
 from usage import selectors, services
-from usage.export import usage_csv_response, usage_rows
+from usage.export import usage_cost_total, usage_csv_response, usage_rows
 
 
 class UsageEventInSerializer(serializers.Serializer):
@@ -141,6 +141,11 @@ class UsageTotalsSerializer(serializers.Serializer):
     output_tokens = serializers.IntegerField()
     cached_tokens = serializers.IntegerField()
     estimated_requests = serializers.IntegerField()
+    cost_minor = serializers.IntegerField(
+        help_text="The tokens priced with the organization's prices, in the currency's minor unit, "
+        "rounded once (per row; the totals once over the whole window)."
+    )
+    currency = serializers.CharField(help_text="ISO 4217, lower case.")
 
 
 class UsageRowSerializer(UsageTotalsSerializer):
@@ -197,8 +202,10 @@ class UsageView(OrganizationAPIView):
             404,
             429,
         ),
-        description="Usage from the hourly rollups, grouped by hour or day and optionally by model and key. "
-        "`format=csv` (or `Accept: text/csv`) returns the same rows as CSV.",
+        description="Usage from the hourly rollups, grouped by hour or day and optionally by model and key, "
+        "each row with its cost (`cost_minor`, an integer in the currency's minor unit, priced from the "
+        "token counts with the organization's prices). `format=csv` (or `Accept: text/csv`) returns the "
+        "same rows as CSV.",
     )
     def get(self, request):
         query = UsageQuerySerializer(data=request.query_params)
@@ -219,16 +226,17 @@ class UsageView(OrganizationAPIView):
             key_id=key_pk,
             model=params.get("model"),
         )
-        totals = selectors.usage_totals(
-            organization=self.organization,
-            start=params["start"],
-            end=params["end"],
-            key_id=key_pk,
-            model=params.get("model"),
-        )
         # ``?format=csv`` and ``Accept: text/csv`` both choose the CSV renderer.
         if request.accepted_renderer.format == CSVRenderer.format:
             return usage_csv_response(data, group_by=params["group_by"])
+        window = {
+            "organization": self.organization,
+            "start": params["start"],
+            "end": params["end"],
+            "key_id": key_pk,
+            "model": params.get("model"),
+        }
+        totals = {**selectors.usage_totals(**window), **usage_cost_total(**window)}
         return Response(
             {
                 "start": params["start"],

@@ -1,4 +1,8 @@
-"""Usage rows as the API and the CSV downloads show them: one shape, one CSV writer."""
+"""Usage rows as the API and the CSV downloads show them: one shape, one CSV writer.
+
+Each row carries its cost: its token counts priced with the organization's price book, as an
+integer in the currency's minor unit, rounded once per row.
+"""
 
 import csv
 import io
@@ -6,6 +10,7 @@ from datetime import datetime
 
 from django.http import HttpResponse
 
+from billing.selectors import usage_costs
 from portal.csvsafe import csv_row
 from portal.errors import DomainError
 from usage import selectors
@@ -24,21 +29,27 @@ def usage_rows(
     model: str | None = None,
 ) -> list[dict]:
     """Return one row per period and group, from the rollups; refuse more than ``MAX_ROWS``."""
-    series = selectors.usage_series(
-        organization=organization,
-        start=start,
-        end=end,
-        granularity=granularity,
-        group_by=group_by,
-        key_id=key_id,
-        model=model,
-    )
+    query = {
+        "organization": organization,
+        "start": start,
+        "end": end,
+        "granularity": granularity,
+        "group_by": group_by,
+        "key_id": key_id,
+        "model": model,
+    }
+    series = selectors.usage_series(**query)
     if len(series) > MAX_ROWS:
         raise DomainError(f"More than {MAX_ROWS} rows: narrow the range or use day granularity.")
-    return [_row(raw) for raw in series]
+    costs = usage_costs(**query)
+    fields = list(selectors.group_fields(granularity=granularity, group_by=group_by))
+    return [
+        _row(raw, costs.by_group.get(tuple(raw[field] for field in fields), 0), costs.currency)
+        for raw in series
+    ]
 
 
-def _row(raw: dict) -> dict:
+def _row(raw: dict, cost_minor: int, currency: str) -> dict:
     row = {"period": raw["period"]}
     if "group_model" in raw:
         row["model"] = raw["group_model"]
@@ -47,7 +58,15 @@ def _row(raw: dict) -> dict:
         row["key_name"] = raw["group_key_name"]
     for metric in selectors.METRICS:
         row[metric] = raw[metric] or 0
+    row["cost_minor"] = cost_minor
+    row["currency"] = currency
     return row
+
+
+def usage_cost_total(*, organization, start: datetime, end: datetime, key_id=None, model=None) -> dict:
+    """Return the window's whole cost, rounded once, and its currency."""
+    costs = usage_costs(organization=organization, start=start, end=end, key_id=key_id, model=model)
+    return {"cost_minor": costs.by_group.get((), 0), "currency": costs.currency}
 
 
 def usage_csv_response(
@@ -60,7 +79,7 @@ def usage_csv_response(
         columns.append("model")
     if "key" in group_by:
         columns += ["key_id", "key_name"]
-    columns += list(selectors.METRICS)
+    columns += [*selectors.METRICS, "cost_minor", "currency"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)

@@ -1,6 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from billing import api as billing_api
 from keys import api as keys_api
 from portal.api import views
 from usage import api as usage_api
@@ -21,6 +22,9 @@ urlpatterns = [
     path("v1/keys/<str:key_id>/revoke", keys_api.KeyRevokeView.as_view(), name="api-key-revoke"),
     path("v1/usage", usage_api.UsageView.as_view(), name="api-usage"),
     path("v1/usage/events", usage_api.UsageEventsView.as_view(), name="api-usage-events"),
+    path("v1/billing/upcoming", billing_api.UpcomingView.as_view(), name="api-billing-upcoming"),
+    path("v1/invoices", billing_api.InvoiceListView.as_view(), name="api-invoices"),
+    path("v1/invoices/<str:invoice_id>", billing_api.InvoiceDetailView.as_view(), name="api-invoice"),
     path("v1/audit-events", views.AuditEventListView.as_view(), name="api-audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),

@@ -5,6 +5,7 @@ import base64
 from django.test import Client
 from rest_framework.fields import DateTimeField
 
+from billing.models import Invoice
 from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret, ServiceAccount
 from portal.audit import Actor
@@ -171,6 +172,40 @@ def audit_event_json(event: AuditEvent) -> dict:
         "metadata": event.metadata,
         "ip_address": event.ip_address,
         "user_agent": event.user_agent,
+    }
+
+
+def invoice_json(invoice: Invoice) -> dict:
+    invoice = Invoice.objects.get(pk=invoice.pk)
+    return {
+        "id": invoice.public_id,
+        "period": invoice.period.isoformat(),
+        "plan": invoice.plan.name,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "total_minor": invoice.total_minor,
+        "no_charge_reason": invoice.no_charge_reason,
+        "lines": [
+            {
+                "position": line.position,
+                "kind": line.kind,
+                "model": line.model,
+                "tokens": line.tokens,
+                "quantity": line.quantity,
+                "unit_price_per_mtok_minor": (
+                    None
+                    if line.unit_price_per_mtok_minor is None
+                    else f"{line.unit_price_per_mtok_minor:.6f}"
+                ),
+                "amount_minor": line.amount_minor,
+                "description": line.description,
+            }
+            for line in invoice.lines.order_by("position")
+        ],
+        "created_at": iso(invoice.created_at),
+        "finalized_at": iso(invoice.finalized_at),
+        "paid_at": iso(invoice.paid_at),
+        "voided_at": iso(invoice.voided_at),
     }
 
 

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +18,9 @@ from django.urls import resolve
 from django.utils import timezone
 from rest_framework.fields import DateTimeField
 
+from billing.closing import invoice_build
+from billing.rating import Line, Rating
+from billing.selectors import plan_default
 from edge import keyformat
 from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret
@@ -33,6 +36,7 @@ from tests.api.support import (
     db_changes,
     db_snapshot,
     invitation_json,
+    invoice_json,
     iso,
     key_json,
     member_json,
@@ -62,6 +66,16 @@ def _a_key(world, organization, owner) -> dict:
         actor=Actor(user=owner), organization=organization, name="build"
     )
     return {"params": {"key_id": key.public_id}, "key": key}
+
+
+def _an_invoice(world, organization, owner) -> dict:
+    invoice = invoice_build(
+        organization_id=organization.pk,
+        period=date(2026, 10, 1),
+        plan=plan_default(),
+        rating=Rating((Line("fee", "", "", 1, None, 900, "Standard plan, October 2026"),)),
+    )
+    return {"params": {"invoice_id": invoice.public_id}, "invoice": invoice}
 
 
 def _a_member(world, organization, owner) -> dict:
@@ -315,6 +329,8 @@ def _check_usage_retrieve(ctx, response, changes):
         "output_tokens": 5,
         "cached_tokens": 0,
         "estimated_requests": 0,
+        "cost_minor": 0,  # no price is set here
+        "currency": "usd",
     }
     day = event.occurred_at.replace(hour=0, minute=0, second=0, microsecond=0)
     assert body == {
@@ -325,6 +341,28 @@ def _check_usage_retrieve(ctx, response, changes):
         "data": [{"period": iso(day), **counts}],
         "totals": counts,
     }
+    assert changes == {}
+
+
+def _check_billing_upcoming_retrieve(ctx, response, changes):
+    body = response.json()
+    assert (body["plan"], body["currency"], body["lines"], body["fee_minor"], body["total_minor"]) == (
+        "Standard",
+        "usd",
+        [],
+        0,
+        0,
+    )
+    assert changes == {}
+
+
+def _check_invoices_list(ctx, response, changes):
+    assert response.json() == page([invoice_json(ctx.invoice)])
+    assert changes == {}
+
+
+def _check_invoices_retrieve(ctx, response, changes):
+    assert response.json() == invoice_json(ctx.invoice)
     assert changes == {}
 
 
@@ -641,6 +679,33 @@ OPERATIONS = (
         ),
     ),
     Operation(
+        "billing_upcoming_retrieve",
+        "GET",
+        "/api/v1/billing/upcoming",
+        Perm.BILLING_VIEW,
+        200,
+        _check_billing_upcoming_retrieve,
+    ),
+    Operation(
+        "invoices_list",
+        "GET",
+        "/api/v1/invoices",
+        Perm.BILLING_VIEW,
+        200,
+        _check_invoices_list,
+        arrange=_an_invoice,
+    ),
+    Operation(
+        "invoices_retrieve",
+        "GET",
+        "/api/v1/invoices/{invoice_id}",
+        Perm.BILLING_VIEW,
+        200,
+        _check_invoices_retrieve,
+        arrange=_an_invoice,
+        missing={"invoice_id": "inv_00000000000000000000000000"},
+    ),
+    Operation(
         "audit_events_list",
         "GET",
         "/api/v1/audit-events",
@@ -702,7 +767,7 @@ def test_the_table_covers_exactly_the_operations_in_the_openapi_document(schema)
     assert documented == {(op.path, op.method) for op in OPERATIONS}
     operation_ids = {op["operationId"] for ops in schema["paths"].values() for op in ops.values()}
     assert operation_ids == set(OPERATION_IDS)
-    assert len(OPERATION_IDS) == len(set(OPERATION_IDS)) == 18
+    assert len(OPERATION_IDS) == len(set(OPERATION_IDS)) == 21
 
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
@@ -729,6 +794,9 @@ def test_role_table_refuses_something_to_every_role_but_owner_and_admin():
             "members_remove",
             "invitations_create",
             "invitations_revoke",
+            "billing_upcoming_retrieve",
+            "invoices_list",
+            "invoices_retrieve",
             "audit_events_list",
         ],
         "billing": [

@@ -41,7 +41,11 @@ CSV_HEADER = [
     "output_tokens",
     "cached_tokens",
     "estimated_requests",
+    "cost_minor",
+    "currency",
 ]
+# No model has a price on these pages: every cost is zero (test_usage_costs.py prices usage).
+UNPRICED = ["0", "usd"]
 LLAMA = "llama-3.1-8b-instruct"
 QWEN = "qwen-2.5-72b"
 # (key name, model, hours before the hour in progress, requests, errors, input, output, cached, estimated)
@@ -184,10 +188,10 @@ def _expected_csv(rows, start, end, granularity) -> list[list[str]]:
     for row in rows:
         if start <= row.hour < end:
             cell = sums[(_period(row.hour, granularity), row.model, row.key.public_id, row.key.name)]
-            for index, metric in enumerate(CSV_HEADER[4:]):
+            for index, metric in enumerate(CSV_HEADER[4:10]):
                 cell[index] += getattr(row, metric)
     return [
-        [period.isoformat(), model, key_id, key_name, *map(str, values)]
+        [period.isoformat(), model, key_id, key_name, *map(str, values), *UNPRICED]
         for (period, model, key_id, key_name), values in sorted(sums.items())
     ]
 

@@ -503,12 +503,16 @@ def expected_rows(organization, granularity, group_by=(), *, key=None, model=Non
             row["model"] = rest.pop(0)
         if "key" in group_by:
             row["key_id"], row["key_name"] = rest
-        rows.append({**row, **sums[group]})
+        rows.append({**row, **sums[group], **UNPRICED})
     return rows
 
 
+# No model has a price here, so every cost is zero (test_usage_costs.py prices usage).
+UNPRICED = {"cost_minor": 0, "currency": "usd"}
+
+
 def totals(rows: list[dict]) -> dict[str, int]:
-    return {metric: sum(row[metric] for row in rows) for metric in METRICS}
+    return {**{metric: sum(row[metric] for row in rows) for metric in METRICS}, **UNPRICED}
 
 
 def get_usage(user, **query):
@@ -553,6 +557,7 @@ def test_usage_totals_are_the_exact_sums_of_the_window(tenant, usage):
         "output_tokens": 42,
         "cached_tokens": 1,
         "estimated_requests": 1,
+        **UNPRICED,
     }
     assert [(row["period"], row["model"], row["requests"], row["input_tokens"]) for row in body["data"]] == [
         (iso(DAY), "mock-a", 3, 115),
@@ -591,7 +596,7 @@ def test_usage_as_csv_has_the_same_rows(tenant, usage):
     assert response["Content-Type"] == "text/csv"
     assert response["Content-Disposition"] == 'attachment; filename="usage.csv"'
     table = list(csv.reader(io.StringIO(response.content.decode())))
-    assert table[0] == ["period", "model", "key_id", "key_name", *METRICS]
+    assert table[0] == ["period", "model", "key_id", "key_name", *METRICS, "cost_minor", "currency"]
     expected = expected_rows(tenant.org, "hour", ("model", "key"))
     assert table[1:] == [
         [
@@ -600,6 +605,8 @@ def test_usage_as_csv_has_the_same_rows(tenant, usage):
             row["key_id"],
             row["key_name"],
             *(str(row[metric]) for metric in METRICS),
+            "0",
+            "usd",
         ]
         for row in expected
     ]
@@ -623,6 +630,7 @@ def test_another_organizations_usage_never_appears(tenant, other_tenant, usage):
             "output_tokens": 50000,
             "cached_tokens": 0,
             "estimated_requests": 0,
+            **UNPRICED,
         }
     ]
 
@@ -703,11 +711,11 @@ def test_usage_csv_cells_beginning_like_a_formula_are_prefixed_with_a_quote(tena
     assert response.status_code == 200
     assert response.content.decode() == (
         "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,"
-        "estimated_requests\r\n"
+        "estimated_requests,cost_minor,currency\r\n"
         f"2026-12-31T01:00:00+00:00,'@SUM(A1:A9),{evil.public_id},"
-        '"\'=HYPERLINK(""http://evil"",""x"")",1,0,10,20,0,0\r\n'
-        f"2026-12-31T02:00:00+00:00,'-x,{plain.public_id},build,1,1,7,3,0,0\r\n"
-        f"2026-12-31T03:00:00+00:00,mock-a,{plain.public_id},build,1,0,1,2,0,0\r\n"
+        '"\'=HYPERLINK(""http://evil"",""x"")",1,0,10,20,0,0,0,usd\r\n'
+        f"2026-12-31T02:00:00+00:00,'-x,{plain.public_id},build,1,1,7,3,0,0,0,usd\r\n"
+        f"2026-12-31T03:00:00+00:00,mock-a,{plain.public_id},build,1,0,1,2,0,0,0,usd\r\n"
     )
 
 
@@ -718,11 +726,14 @@ def test_usage_csv_writes_numbers_as_numbers_even_when_negative():
         **dict.fromkeys(METRICS, 0),
         "requests": -3,
         "errors": Decimal("-1.50"),
+        "cost_minor": -7,
+        "currency": "usd",
     }
 
     response = usage_csv_response([row], group_by=("model",))
 
     assert response.content.decode() == (
-        "period,model,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests\r\n"
-        "2026-12-31T00:00:00+00:00,'@m,-3,-1.50,0,0,0,0\r\n"
+        "period,model,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests,"
+        "cost_minor,currency\r\n"
+        "2026-12-31T00:00:00+00:00,'@m,-3,-1.50,0,0,0,0,-7,usd\r\n"
     )
