@@ -226,6 +226,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
     inlines = [InvoiceLineInline]
+    actions = ["push_again", "void"]
 
     @admin.display(description="Total")
     def total(self, invoice):
@@ -246,6 +247,29 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def _act(self, request, queryset, act, done: str) -> None:
+        """Run a staff action on each selected invoice; report each refusal by invoice."""
+        if not request.user.has_perm("billing.change_invoice"):
+            raise PermissionDenied
+        count = 0
+        for invoice in queryset.select_related("organization"):
+            try:
+                act(actor=Actor.staff(request), invoice=invoice)
+            except DomainError as error:
+                messages.error(request, f"{invoice.public_id}: {error.message}")
+            else:
+                count += 1
+        if count:
+            messages.success(request, f"{done}: {count} invoice(s).")
+
+    @admin.action(description="Push the selected invoices to Stripe again")
+    def push_again(self, request, queryset):
+        self._act(request, queryset, services.invoice_push_request, "Push queued")
+
+    @admin.action(description="Void the selected open invoices (here and in Stripe)")
+    def void(self, request, queryset):
+        self._act(request, queryset, services.invoice_void, "Voided")
 
     def get_urls(self):
         credit = self.admin_site.admin_view(self.credit_view)

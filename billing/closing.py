@@ -62,7 +62,7 @@ def invoice_close_period(*, period: date) -> list[int]:
     for start in range(0, len(missing), BATCH):
         chunk = missing[start : start + BATCH]
         for organization_id, (plan, rating) in period_ratings(period=period, organization_ids=chunk).items():
-            _invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
+            invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
     logger.info("billing: %s closed, %d invoices built", period.isoformat(), len(missing))
     return list(
         Invoice.objects.filter(period=period, status=Invoice.Status.DRAFT)
@@ -74,11 +74,11 @@ def invoice_close_period(*, period: date) -> list[int]:
 def invoice_build(*, organization_id: int, period: date) -> Invoice:
     """Rate one organization's ``period`` and store its invoice, unless it exists already."""
     plan, rating = period_ratings(period=period, organization_ids=[organization_id])[organization_id]
-    return _invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
+    return invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
 
 
-def _invoice_store(*, organization_id: int, period: date, plan: Plan, rating: Rating) -> Invoice:
-    """Store an invoice with its lines; when one exists for the organization and period, return it."""
+def invoice_store(*, organization_id: int, period: date, plan: Plan, rating: Rating) -> Invoice:
+    """Store an invoice of ``rating``'s lines; when one exists for the organization and period, return it."""
     total = rating.total_minor
     nothing_to_pay = total == 0
     now = timezone.now()

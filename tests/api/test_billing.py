@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import pytest
 from django.utils import timezone
 
-from billing.closing import invoice_build
+from billing.closing import invoice_store
 from billing.models import Invoice, Plan, PlanAssignment
 from billing.rating import Line, Rating
 from billing.services import model_price_set
@@ -41,7 +41,7 @@ def get(user, path, **query):
 
 def build_invoice(organization, period, lines) -> Invoice:
     plan = Plan.objects.get(is_default=True)
-    return invoice_build(
+    return invoice_store(
         organization_id=organization.pk, period=period, plan=plan, rating=Rating(tuple(lines))
     )
 

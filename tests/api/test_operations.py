@@ -18,7 +18,7 @@ from django.urls import resolve
 from django.utils import timezone
 from rest_framework.fields import DateTimeField
 
-from billing.closing import invoice_build
+from billing.closing import invoice_store
 from billing.rating import Line, Rating
 from billing.selectors import plan_default
 from edge import keyformat
@@ -69,7 +69,7 @@ def _a_key(world, organization, owner) -> dict:
 
 
 def _an_invoice(world, organization, owner) -> dict:
-    invoice = invoice_build(
+    invoice = invoice_store(
         organization_id=organization.pk,
         period=date(2026, 10, 1),
         plan=plan_default(),

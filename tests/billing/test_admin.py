@@ -6,7 +6,7 @@ import pytest
 import time_machine
 from django.contrib.messages import get_messages
 
-from billing.closing import invoice_build
+from billing.closing import invoice_store
 from billing.models import Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
 from billing.rating import Line, Rating
 from portal.models import AuditEvent, Organization
@@ -29,7 +29,7 @@ def staff(client):
 @pytest.fixture
 def draft():
     organization = make_org(name="Customer")
-    return invoice_build(
+    return invoice_store(
         organization_id=organization.pk,
         period=date(2026, 10, 1),
         plan=Plan.objects.get(is_default=True),
@@ -225,3 +225,49 @@ def test_a_new_organization_starts_with_the_default_plans_limits():
         organization.concurrency_limit,
         organization.budget_monthly_minor,
     ) == (60, None, 4, 500)
+
+
+def test_staff_void_an_open_invoice_and_a_draft_is_refused_by_name(client, staff, draft):
+    opened = invoice_store(
+        organization_id=make_org(name="Opened").pk,
+        period=date(2026, 10, 1),
+        plan=Plan.objects.get(is_default=True),
+        rating=Rating((Line("fee", "", "", 1, None, 900, "Standard plan, October 2026"),)),
+    )
+    Invoice.objects.filter(pk=opened.pk).update(status=Invoice.Status.OPEN)  # never reached Stripe
+
+    response = client.post(
+        "/admin/billing/invoice/",
+        {"action": "void", "_selected_action": [draft.pk, opened.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert _messages(response) == [
+        f"{draft.public_id}: Only an open invoice can be voided; this one is draft.",
+        "Voided: 1 invoice(s).",
+    ]
+    assert dict(Invoice.objects.values_list("pk", "status")) == {draft.pk: "draft", opened.pk: "void"}
+    assert list(
+        AuditEvent.objects.filter(action="invoice.voided").values_list("target_id", "actor_label")
+    ) == [(opened.public_id, "staff@example.com")]
+
+
+def test_staff_queue_another_push_of_a_draft(
+    client, staff, draft, django_capture_on_commit_callbacks, stripe_customer
+):
+    stripe_customer(draft.organization, draft.organization.memberships.get().user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/admin/billing/invoice/", {"action": "push_again", "_selected_action": [draft.pk]}, follow=True
+        )
+
+    assert _messages(response) == ["Push queued: 1 invoice(s)."]
+    draft.refresh_from_db()
+    assert (draft.status, draft.push_attempts, draft.last_push_error, draft.total_minor) == (
+        "paid",
+        1,
+        "",
+        2400,
+    )
+    assert AuditEvent.objects.filter(action="invoice.push_requested", target_id=draft.public_id).count() == 1

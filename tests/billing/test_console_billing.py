@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime, time
 import pytest
 from django.urls import reverse
 
-from billing.closing import invoice_build
+from billing.closing import invoice_store
 from billing.models import Plan
 from billing.rating import Line, Rating
 from billing.services import model_price_set
@@ -49,7 +49,7 @@ def test_owner_sees_plan_running_total_by_model_and_invoices_with_lines(client, 
         output_tokens=10_000,
     )
     plan = Plan.objects.get(is_default=True)
-    invoice = invoice_build(
+    invoice = invoice_store(
         organization_id=organization.pk,
         period=date(2026, 10, 1),
         plan=plan,
@@ -95,7 +95,7 @@ def test_a_role_without_billing_view_gets_403(client, role):
 
 def test_another_organizations_billing_page_is_404_and_shows_nothing_of_it(client):
     mine, theirs = make_org(), make_org()
-    invoice_build(
+    invoice_store(
         organization_id=theirs.pk,
         period=date(2026, 10, 1),
         plan=Plan.objects.get(is_default=True),
