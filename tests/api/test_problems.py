@@ -81,6 +81,8 @@ def test_csv_usage_asked_by_accept_header_answers_csv_and_its_errors_json(world)
         "output_tokens",
         "cached_tokens",
         "estimated_requests",
+        "cost_minor",
+        "currency",
     ]
     assert rows == []
     refused = client.get("/api/v1/usage", {"granularity": "week"}, headers={"Accept": "text/csv"})

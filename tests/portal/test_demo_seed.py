@@ -112,7 +112,7 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
         ("key.created", OWNER, key.public_id),
         ("price.set", OWNER, str(prices[0].pk)),
         ("price.set", OWNER, str(prices[1].pk)),
-        ("invoice.built", "system", str(Invoice.objects.get().pk)),
+        ("invoice.built", "system", Invoice.objects.get().public_id),
     ]
     assert [row[1:] for row in after_first["keys"]] == [("Demo key", ["demo-*"], 600)]
     assert [row[1:] for row in after_first["prices"]] == [
