@@ -10,6 +10,8 @@ import uuid
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
+from edge.requestid import client_request_id
+
 logger = logging.getLogger("tollgate.request")
 
 REQUESTS = Counter(
@@ -22,7 +24,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LOG_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -51,8 +52,7 @@ class RequestObservabilityMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        request.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.request_id = client_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
         started = time.perf_counter()
         response = self.get_response(request)
         duration = time.perf_counter() - started
