@@ -13,8 +13,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from edge.config import HttpLimits
 from edge.errors import EdgeError
 
-# _head_bytes when no head is being counted: the head is complete, or one began within the
-# chunk just parsed (which may also hold the end of the previous request, so it is not counted).
+# _head_bytes when no unfinished head is being counted: once a head is complete, and while one
+# began within the chunk being parsed, which may also hold the end of the previous request and so
+# is not counted (the bound holds all the same, one chunk later).
 _NOT_COUNTING = -1
 _FROM_NEXT_CHUNK = -2
 # Request-line framing (method, version, spaces) and header whitespace that the exact counts
@@ -26,7 +27,11 @@ _LINGER_SECONDS = 2.0
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):
-    """Pass to ``uvicorn.run`` as ``http=functools.partial(EdgeHttpProtocol, limits=...)``."""
+    """Pass to ``uvicorn.run`` as ``http=functools.partial(EdgeHttpProtocol, limits=...)``.
+
+    The parser callbacks call the parent by name rather than through ``super()``: they run several
+    times per request, and that halves what this class adds to a request (bench/RESULTS.md).
+    """
 
     def __init__(self, *args, limits: HttpLimits, **kwargs):
         super().__init__(*args, **kwargs)
@@ -45,7 +50,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
         head = self._head_bytes
         if head >= 0:
             head += len(data)
@@ -59,7 +64,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     # Parser callbacks: an exception raised here stops the parser, and uvicorn answers through
     # send_400_response.
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._header_bytes = self._header_count = 0
         self._head_bytes = _FROM_NEXT_CHUNK
 
@@ -69,7 +74,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                 414, f"The request URL exceeds the {self._max_url_bytes} byte limit.", code="url_too_long"
             )
             raise self._refusal
-        super().on_url(url)
+        HttpToolsProtocol.on_url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -82,11 +87,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self._header_bytes > self._max_header_bytes:
             self._refusal = self._headers_too_large()
             raise self._refusal
-        super().on_header(name, value)
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._head_bytes = _NOT_COUNTING
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request the parser stopped at: over a bound, else malformed."""

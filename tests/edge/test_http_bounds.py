@@ -71,10 +71,11 @@ def test_one_endless_header_is_refused_431_before_it_is_buffered(http_edge):
     """A single header streamed towards 256 MiB: answered once it passes the bound, memory flat."""
     assert exchange(http_edge, healthz())[0] == 200
     before = rss_bytes(http_edge.process.pid)
-    chunk = b"a" * MiB
+    chunk = b"a" * (256 * 1024)
     sent = 0
     with connect(http_edge) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\n" + HOST + b"x-flood: ")
+        # Stop sending once the answer is there to read.
         while sent < 256 * MiB and not select.select([sock], [], [], 0)[0]:
             sock.sendall(chunk)
             sent += len(chunk)
