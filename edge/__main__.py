@@ -1,6 +1,7 @@
 """Run the edge: ``python -m edge`` (reads EDGE_CONFIG and the environment)."""
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
 
     import uvicorn
 
+    from edge.http import EdgeHttpProtocol
+
     uvicorn.run(
         "edge.app:create_app",
         factory=True,
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
         port=args.port or config.port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=functools.partial(EdgeHttpProtocol, limits=config.http),
         lifespan="on",
         access_log=False,
         log_level="warning",

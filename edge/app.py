@@ -36,6 +36,7 @@ from edge.metering import uuid7
 from edge.proxy import Exchange, UpstreamPool, forward_headers
 from edge.publication import Publisher
 from edge.records import INVALIDATE_CHANNEL
+from edge.requestid import client_request_id
 from edge.resp import RespConnection
 from edge.spool import Spool
 from edge.store import DataPlane
@@ -170,7 +171,7 @@ class Edge:
         started = time.perf_counter()
         path = scope["path"]
         method = scope["method"]
-        request_id = header(scope, b"x-request-id") or uuid7()
+        request_id = client_request_id(header(scope, b"x-request-id")) or uuid7()
         try:
             if path in PROXIED:
                 if method != "POST":

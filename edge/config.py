@@ -33,6 +33,15 @@ class Route:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """Bounds on a request's head, enforced while it is parsed (edge/http.py)."""
+
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024  # names and values of all headers together
+    max_headers: int = 100
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     redis_url: str
     pepper: bytes
@@ -41,6 +50,7 @@ class EdgeConfig:
     port: int = 8080
     workers: int = 1
     body_limit_bytes: int = 10 * 1024 * 1024
+    http: HttpLimits = HttpLimits()
     auth_cache_ttl: float = 10.0
     auth_cache_size: int = 100_000
     stale_auth_seconds: float = 300.0
@@ -77,6 +87,7 @@ TOP_LEVEL = {
     "listen",
     "workers",
     "body_limit_bytes",
+    "http",
     "auth_cache",
     "unknown_keys",
     "spool",
@@ -90,6 +101,7 @@ TOP_LEVEL = {
     "routes",
 }
 LISTEN = {"host", "port"}
+HTTP = {"max_url_bytes", "max_header_bytes", "max_headers"}
 AUTH_CACHE = {"ttl_seconds", "max_entries", "stale_seconds"}
 UNKNOWN_KEYS = {"burst", "per_second", "max_addresses"}
 SPOOL = {"dir", "fsync_ms"}
@@ -216,6 +228,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
     cache = _mapping(data.get("auth_cache"), "auth_cache", AUTH_CACHE)
     unknown_keys = _mapping(data.get("unknown_keys"), "unknown_keys", UNKNOWN_KEYS)
     spool = _mapping(data.get("spool"), "spool", SPOOL)
+    http = _mapping(data.get("http"), "http", HTTP)
     return EdgeConfig(
         redis_url=redis_url,
         pepper=pepper.encode(),
@@ -228,6 +241,7 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         body_limit_bytes=_number(
             data.get("body_limit_bytes", 10 * 1024 * 1024), "body_limit_bytes", int, 1024
         ),
+        http=_http_limits(http),
         auth_cache_ttl=_number(cache.get("ttl_seconds", 10), "auth_cache.ttl_seconds"),
         auth_cache_size=_number(cache.get("max_entries", 100_000), "auth_cache.max_entries", int, 1),
         stale_auth_seconds=_number(
@@ -250,6 +264,17 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         metrics_token=_metrics_token(
             _expand(str(env.get("EDGE_METRICS_TOKEN") or data.get("metrics_token") or ""), env)
         ),
+    )
+
+
+def _http_limits(raw: dict) -> HttpLimits:
+    # The minimums keep ordinary clients working: browsers and SDKs send a few KiB of headers.
+    minimums = {"max_url_bytes": 1024, "max_header_bytes": 4096, "max_headers": 16}
+    return HttpLimits(
+        **{
+            name: _number(raw.get(name, getattr(HttpLimits, name)), f"http.{name}", int, minimum)
+            for name, minimum in minimums.items()
+        }
     )
 
 

@@ -14,6 +14,8 @@ from django.urls import Resolver404, resolve
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
+from edge.requestid import client_request_id
+
 logger = logging.getLogger("tollgate.request")
 
 REQUESTS = Counter(
@@ -26,7 +28,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # URL parts that are credentials: invitation tokens, allauth's email confirmation and
 # password reset keys. Logs and error reports show the route with these filtered.
 _SECRET_URL_KWARGS = ("token", "key")
@@ -89,8 +90,7 @@ class RequestObservabilityMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        request.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.request_id = client_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
         started = time.perf_counter()
         response = self.get_response(request)
         duration = time.perf_counter() - started

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.config import ConfigError, load_config
+from edge.config import ConfigError, HttpLimits, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PEPPER = "p" * 40
@@ -38,6 +38,7 @@ def test_the_example_file_reads_as_documented():
         4096,
         (),
     )
+    assert config.http == HttpLimits(max_url_bytes=8192, max_header_bytes=65536, max_headers=100)
     assert config.pepper == PEPPER.encode()
     assert config.redis_url == "redis://127.0.0.1:6379/3"
     gpt = config.route_for("gpt-4o-mini")
@@ -76,6 +77,15 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
     [upstream] = config.routes[0].upstreams
     assert (upstream.url, upstream.weight, upstream.api_key) == ("https://api.example.com/v1", 1, "")
     assert (upstream.connect_timeout, upstream.read_timeout) == (5, 300)
+
+
+def test_http_limits_default_and_may_be_set_one_by_one(tmp_path):
+    assert load(tmp_path, {"routes": ROUTES}).http == HttpLimits(
+        max_url_bytes=8192, max_header_bytes=65536, max_headers=100
+    )
+    assert load(tmp_path, {"http": {"max_headers": 50}, "routes": ROUTES}).http == HttpLimits(
+        max_url_bytes=8192, max_header_bytes=65536, max_headers=50
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +153,7 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             {"listn": {"port": 1}, "routes": ROUTES},
             {},
             "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
-            "default_max_tokens, fail_open, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, "
+            "default_max_tokens, fail_open, http, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, "
             "unknown_keys, workers)",
         ),
         (
@@ -168,6 +178,22 @@ def test_an_upstream_may_be_written_as_a_bare_url_and_gets_the_defaults(tmp_path
             {},
             "unknown_keys.max_addresses must be a number, got 'many'",
         ),
+        (
+            {"http": {"max_header_size": 1}, "routes": ROUTES},
+            {},
+            "http has unknown settings: max_header_size (known: max_header_bytes, max_headers, max_url_bytes)",
+        ),
+        (
+            {"http": {"max_url_bytes": 512}, "routes": ROUTES},
+            {},
+            "http.max_url_bytes must be >= 1024, got 512",
+        ),
+        (
+            {"http": {"max_header_bytes": "64k"}, "routes": ROUTES},
+            {},
+            "http.max_header_bytes must be a number, got '64k'",
+        ),
+        ({"http": {"max_headers": 8}, "routes": ROUTES}, {}, "http.max_headers must be >= 16, got 8"),
         (
             {"trust_forwarded_for": True, "routes": ROUTES},
             {},

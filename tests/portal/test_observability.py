@@ -96,8 +96,8 @@ def test_unmatched_path_is_logged_as_unmatched_with_404(client, caplog):
     assert line["status"] == 404
 
 
-def test_valid_incoming_request_id_is_echoed_in_header_and_log(client, caplog):
-    incoming = "edge-7f3a.b2:c9_1"
+@pytest.mark.parametrize("incoming", ["edge-7f3a.b2:c9_1", "a" * 128], ids=["mixed", "128-chars"])
+def test_valid_incoming_request_id_is_echoed_in_header_and_log(client, caplog, incoming):
     with caplog.at_level(logging.INFO, logger="tollgate.request"):
         response = client.get("/healthz", headers={"X-Request-ID": incoming})
 
@@ -108,8 +108,8 @@ def test_valid_incoming_request_id_is_echoed_in_header_and_log(client, caplog):
 
 @pytest.mark.parametrize(
     "incoming",
-    ["has spaces in it", "a" * 200, "semi;colon", "new\\nline"],
-    ids=["spaces", "200-chars", "semicolon", "backslash"],
+    ["has spaces in it", "a" * 129, "semi;colon", "new\\nline", "trailing-newline\n"],
+    ids=["spaces", "129-chars", "semicolon", "backslash", "trailing-newline"],
 )
 def test_invalid_incoming_request_id_is_replaced_by_a_generated_one(client, caplog, incoming):
     with caplog.at_level(logging.INFO, logger="tollgate.request"):
