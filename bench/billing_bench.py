@@ -178,9 +178,12 @@ def seed_organizations(period: date, n_orgs: int) -> tuple[int, int]:
         FROM portal_organization o JOIN keys_apikey k ON k.organization_id = o.id
         """
     )[0]
-    if not (last_org - first_org + 1 == last_key - first_key + 1 == pairs == n_orgs) or sql(
-        "SELECT count(*) FROM keys_apikey WHERE id - %s <> organization_id - %s", [first_key, first_org]
-    )[0][0]:
+    if (
+        not (last_org - first_org + 1 == last_key - first_key + 1 == pairs == n_orgs)
+        or sql(
+            "SELECT count(*) FROM keys_apikey WHERE id - %s <> organization_id - %s", [first_key, first_org]
+        )[0][0]
+    ):
         raise SystemExit("organization and key ids are not contiguous: start from an empty database")
     return first_org, first_key
 
@@ -408,9 +411,9 @@ def start_localstripe(port: int, log: Path) -> subprocess.Popen:
 
 def measure_push(period: date, sample: int) -> dict:
     """Give ``sample`` organizations a customer with a good card, then push their invoices."""
+    import stripe
     from django.conf import settings
 
-    import stripe
     from billing import stripe_adapter
     from billing.models import Customer, Invoice
     from billing.services import invoice_push
@@ -428,7 +431,9 @@ def measure_push(period: date, sample: int) -> dict:
             organization_id=organization.pk, slug=organization.slug, name=organization.name, email=""
         )
         method = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer})
-        client.v1.customers.update(customer, params={"invoice_settings": {"default_payment_method": method.id}})
+        client.v1.customers.update(
+            customer, params={"invoice_settings": {"default_payment_method": method.id}}
+        )
         Customer.objects.create(organization=organization, stripe_customer_id=customer)
     setup = time.perf_counter() - started
     print(f"  {len(invoices)} customers with a card: {setup:.1f} s", flush=True)
@@ -439,7 +444,9 @@ def measure_push(period: date, sample: int) -> dict:
         invoice_push(invoice=invoice)
         latencies.append(time.perf_counter() - begun)
     seconds = time.perf_counter() - started
-    paid = Invoice.objects.filter(pk__in=[invoice.pk for invoice in invoices], status=Invoice.Status.PAID).count()
+    paid = Invoice.objects.filter(
+        pk__in=[invoice.pk for invoice in invoices], status=Invoice.Status.PAID
+    ).count()
     lines = sum(invoice.lines.count() for invoice in invoices)
     return {
         "invoices": len(invoices),
@@ -576,7 +583,9 @@ def report(args, command: str, results: dict) -> str:
         "- Rating rounds: " + ", ".join(f"{run['seconds']:.1f} s" for run in ratings) + ".",
         "- Push: each invoice is create, one invoice item per line, retrieve (totals compared), finalize and "
         "pay, every call with its idempotency key; the customers and their cards were created beforehand "
-        f"({push['setup']:.1f} s, not in the figure)." if push else "- Push: not run (`--push-sample 0`).",
+        f"({push['setup']:.1f} s, not in the figure)."
+        if push
+        else "- Push: not run (`--push-sample 0`).",
         f"- Target (issue 11): rating all 10,000 organizations in under 60 s: {verdict} "
         f"(median {target:.1f} s for {args.orgs:,} organizations).",
     ]
@@ -604,7 +613,9 @@ def kept_notes(path: Path) -> str:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bench.billing_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.billing_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--orgs", type=int, default=10_000)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--hours", type=int, default=720, help="hours of the month with usage (at most 720)")
@@ -622,7 +633,9 @@ def parse_args(argv):
     parser.add_argument("--command", default="", help="the command line to record in the results")
     args = parser.parse_args(argv)
     if "bench" not in database_name(args.database_url):
-        parser.error("--database-url must name a benchmark database (its name contains 'bench'): it is dropped")
+        parser.error(
+            "--database-url must name a benchmark database (its name contains 'bench'): it is dropped"
+        )
     if not 1 <= args.hours <= 720:
         parser.error("--hours must be 1 to 720")
     return args
@@ -635,7 +648,9 @@ def main(argv=None) -> int:
     period = datetime.strptime(args.period, "%Y-%m").date()
     name = database_name(args.database_url)
     results: dict = {"load_start": load_average(), "period": period, "close": []}
-    print(f"billing bench: {args.orgs:,} orgs × {args.models} models × {args.hours} hours; load {load_average()}")
+    print(
+        f"billing bench: {args.orgs:,} orgs × {args.models} models × {args.hours} hours; load {load_average()}"
+    )
     port = free_port()
     localstripe = None
     try:
