@@ -3,7 +3,7 @@
 ``.venv/bin/python -m bench.billing_bench`` (``--help`` for every option). It creates its own
 database (``tollgate_billbench``), migrates it, and loads one month of hourly rollups for
 ``--orgs`` organizations × ``--models`` models × ``--hours`` hours, generated inside Postgres
-(``INSERT … SELECT … generate_series``, hour after hour as ingestion writes them, with the
+(``INSERT … SELECT … generate_series``, hour after hour and by organization within an hour, with the
 rollup table's indexes and foreign keys dropped during the load and rebuilt after it, then
 ``VACUUM ANALYZE``). A quarter of the models change price in the middle of the month, so usage
 is summed between price changes. Then, in this order:
@@ -536,8 +536,8 @@ def report(args, command: str, results: dict) -> str:
         f"{full:,} hourly rollup rows (counted: {n_rows:,}), one key each, billed period "
         f"{results['period']:%Y-%m}; {results['changes']} of the {args.models} models change price "
         f"at hour {args.hours // 2}, so each organization's usage sums to up to "
-        f"{args.models + results['changes']} slices before rating. Rows are inserted hour after hour, as "
-        "ingestion writes them.",
+        f"{args.models + results['changes']} slices before rating. Rows are inserted hour after hour, in "
+        "organization order within an hour.",
         f"- Table `usage_usagerollup`: {gigabytes(sizes['heap'])} heap + {gigabytes(sizes['indexes'])} indexes.",
     ]
     if load:
