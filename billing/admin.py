@@ -1,5 +1,6 @@
 """Django admin for billing: prices and plans (versions are added, never edited), invoices
-(read-only but for a credit on a draft), customers. Every write goes through a service."""
+(read-only but for a credit on a draft), customers, Stripe events (read-only, processed again on
+request). Every write goes through a service."""
 
 from datetime import timedelta
 
@@ -15,7 +16,17 @@ from django.utils.html import format_html
 
 from billing import services
 from billing.currency import format_minor
-from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing.models import (
+    Customer,
+    Invoice,
+    InvoiceLine,
+    ModelPrice,
+    Plan,
+    PlanAssignment,
+    PlanPrice,
+    WebhookEvent,
+)
+from billing.webhooks import webhook_event_process_request
 from portal.admin import AuditedAdmin
 from portal.audit import Actor
 from portal.errors import DomainError
@@ -325,3 +336,48 @@ class CustomerAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin):
+    """Stripe events as they arrived; staff can only have one processed again."""
+
+    list_display = ["stripe_event_id", "type", "status", "attempts", "created", "received_at", "processed_at"]
+    list_filter = ["status", "type"]
+    search_fields = ["stripe_event_id"]
+    readonly_fields = [
+        "stripe_event_id",
+        "type",
+        "created",
+        "status",
+        "error",
+        "attempts",
+        "received_at",
+        "processed_at",
+        "payload",
+    ]
+    actions = ["process_again"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Process the selected events again")
+    def process_again(self, request, queryset):
+        if not request.user.has_perm("billing.change_webhookevent"):
+            raise PermissionDenied
+        count = 0
+        for event in queryset:
+            try:
+                webhook_event_process_request(actor=Actor.staff(request), event=event)
+            except DomainError as error:
+                messages.error(request, f"{event.stripe_event_id}: {error.message}")
+            else:
+                count += 1
+        if count:
+            messages.success(request, f"Processing queued: {count} event(s).")

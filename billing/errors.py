@@ -25,3 +25,10 @@ class PaymentDeclined(BillingError):
 
     status = 402
     code = "card_declined"
+
+
+class WebhookRejected(BillingError):
+    """A webhook delivery that cannot be trusted: a bad signature, a stale timestamp, a bad body."""
+
+    status = 400
+    code = "invalid_signature"

@@ -6,7 +6,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from billing import stripe_adapter
+from billing import dunning, stripe_adapter
 from billing.currency import format_minor
 from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
 from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
@@ -229,9 +229,49 @@ def _invoice_update(invoice: Invoice, **fields) -> None:
         setattr(invoice, name, value)
 
 
-def _invoice_transition(invoice: Invoice, *, action: str, status: str, **fields) -> None:
+# Forward only, as Stripe moves an invoice: what each status may become. Stripe still lets an
+# uncollectible invoice be paid or voided; a paid or void one never changes again.
+_NEXT_STATUSES = {
+    Invoice.Status.DRAFT: {
+        Invoice.Status.OPEN,
+        Invoice.Status.PAID,
+        Invoice.Status.UNCOLLECTIBLE,
+        Invoice.Status.VOID,
+    },
+    Invoice.Status.OPEN: {Invoice.Status.PAID, Invoice.Status.UNCOLLECTIBLE, Invoice.Status.VOID},
+    Invoice.Status.UNCOLLECTIBLE: {Invoice.Status.PAID, Invoice.Status.VOID},
+    Invoice.Status.PAID: set(),
+    Invoice.Status.VOID: set(),
+}
+# The statuses in which nothing more is collected on an invoice.
+SETTLED_STATUSES = (Invoice.Status.PAID, Invoice.Status.UNCOLLECTIBLE, Invoice.Status.VOID)
+_TRANSITIONS = {
+    Invoice.Status.OPEN: ("invoice.finalized", "finalized_at"),
+    Invoice.Status.PAID: ("invoice.paid", "paid_at"),
+    Invoice.Status.UNCOLLECTIBLE: ("invoice.marked_uncollectible", None),
+    Invoice.Status.VOID: ("invoice.voided", "voided_at"),
+}
+
+
+def invoice_status_advance(*, invoice: Invoice, status: str) -> bool:
+    """Move ``invoice`` forward to ``status`` as Stripe reports it; return whether it moved.
+
+    A status that is not ahead of the invoice's own (a late event, a replay) changes nothing.
+    A move is audited, and one to paid, uncollectible or void is reported to dunning in the
+    same transaction.
+    """
+    status = Invoice.Status(status)
+    action, stamp = _TRANSITIONS.get(status, (None, None))
+    previous = [before for before, after in _NEXT_STATUSES.items() if status in after]
+    fields = {"status": status, **({stamp: timezone.now()} if stamp else {})}
     with transaction.atomic():
-        _invoice_update(invoice, status=status, **fields)
+        # The status is compared in the UPDATE itself: two reporters (the push and a webhook)
+        # racing to record one payment move the invoice once.
+        if not Invoice.objects.filter(pk=invoice.pk, status__in=previous).update(**fields):
+            invoice.refresh_from_db()
+            return False
+        for name, value in fields.items():
+            setattr(invoice, name, value)
         audit_record(
             actor=Actor.system(),
             action=action,
@@ -239,6 +279,9 @@ def _invoice_transition(invoice: Invoice, *, action: str, status: str, **fields)
             target=invoice,
             metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "total_minor": invoice.total_minor},
         )
+        if status in SETTLED_STATUSES:
+            dunning.dunning_invoice_settled(invoice=invoice)
+    return True
 
 
 def invoice_push(*, invoice: Invoice) -> Invoice:
@@ -270,6 +313,7 @@ def invoice_push(*, invoice: Invoice) -> Invoice:
                         target=invoice,
                         metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "error": error.message},
                     )
+                    dunning.dunning_payment_failed(invoice=invoice, reason=error.message)
             raise
         _invoice_update(invoice, last_push_error="")
     return invoice
@@ -312,10 +356,8 @@ def _push(invoice: Invoice) -> None:
         )
     if remote.status == "draft":
         remote = stripe_adapter.invoice_finalize(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
-    if remote.status in ("open", "paid") and invoice.status == Invoice.Status.DRAFT:
-        _invoice_transition(
-            invoice, action="invoice.finalized", status=Invoice.Status.OPEN, finalized_at=timezone.now()
-        )
+    if remote.status in ("open", "paid"):
+        invoice_status_advance(invoice=invoice, status=Invoice.Status.OPEN)
     if remote.status == "open":
         # A new attempt number per run: a declined charge may be retried once the card changed;
         # an invoice already paid is never charged again (Stripe refuses to).
@@ -326,7 +368,7 @@ def _push(invoice: Invoice) -> None:
         raise BillingError(
             f"Stripe's invoice is {remote.status}, so it cannot be charged.", code="unexpected_status"
         )
-    _invoice_transition(invoice, action="invoice.paid", status=Invoice.Status.PAID, paid_at=timezone.now())
+    invoice_status_advance(invoice=invoice, status=Invoice.Status.PAID)
 
 
 def invoice_void(*, actor: Actor, invoice: Invoice) -> Invoice:

@@ -11,7 +11,8 @@ when a later retry may succeed, ``PaymentDeclined`` when the customer's payment 
 """
 
 import functools
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -20,12 +21,14 @@ import stripe
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
+from billing.errors import BillingError, BillingUnavailable, PaymentDeclined, WebhookRejected
 from usage.partitions import add_months
 
 # The SDK retries timeouts, 409s and 5xx answers itself, with the same idempotency key.
 NETWORK_RETRIES = 2
 PAGE = 100
+# How old a webhook's signature may be (Stripe's own default): older deliveries may be replays.
+WEBHOOK_TOLERANCE_SECONDS = stripe.Webhook.DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class StripeInvoice:
     status: str
     currency: str
     total: int
+    tollgate_invoice_id: int | None = None  # from the metadata the push gave it
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,14 @@ def _unix(day: date) -> int:
 
 
 def _invoice(found) -> StripeInvoice:
-    return StripeInvoice(id=found.id, status=found.status, currency=found.currency, total=found.total)
+    invoice_id = _metadata(found).get("tollgate_invoice_id", "")
+    return StripeInvoice(
+        id=found.id,
+        status=found.status,
+        currency=found.currency,
+        total=found.total,
+        tollgate_invoice_id=int(invoice_id) if invoice_id.isdigit() else None,
+    )
 
 
 def _metadata(found) -> dict[str, str]:
@@ -232,3 +243,62 @@ def invoice_void(*, invoice: str, invoice_id: int) -> StripeInvoice:
                 invoice, options={"idempotency_key": f"tg:inv:{invoice_id}:void"}
             )
         )
+
+
+def invoice_payment_error(*, invoice: str) -> str:
+    """Return why the latest payment of an invoice failed, in Stripe's words ("" if it says nothing)."""
+    with _errors():
+        payments = _client().v1.invoice_payments.list(params={"invoice": invoice, "limit": PAGE})
+        for payment in payments.auto_paging_iter():  # newest first
+            if payment.payment.type != "payment_intent":
+                continue
+            error = _client().v1.payment_intents.retrieve(payment.payment.payment_intent).last_payment_error
+            if error is None:
+                return ""
+            return error.message or error.decline_code or error.code or ""
+    return ""
+
+
+def events_since(*, since: datetime, types: Iterable[str]) -> list[dict]:
+    """Return the events of the given types that Stripe created since ``since``, as webhooks carry them."""
+    with _errors():
+        events = _client().v1.events.list(
+            params={"created": {"gte": int(since.timestamp())}, "types": sorted(types), "limit": PAGE}
+        )
+        return [event.to_dict() for event in events.auto_paging_iter()]
+
+
+def webhook_event_verify(*, payload: bytes, signature: str, secret: str) -> dict:
+    """Check a webhook delivery's ``Stripe-Signature`` against its raw body; return the event.
+
+    Raise ``WebhookRejected`` (code ``invalid_signature``, ``stale_timestamp`` or
+    ``invalid_payload``) for a delivery that cannot be trusted or read.
+    """
+    # Two passes, so that a good signature that is too old is told apart from a forged one.
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=None)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError):
+        raise WebhookRejected("The Stripe-Signature header does not sign this body.") from None
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError:
+        raise WebhookRejected(
+            f"The signature is more than {WEBHOOK_TOLERANCE_SECONDS} seconds old.", code="stale_timestamp"
+        ) from None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        event = None
+    if not (
+        isinstance(event, dict)
+        and event.get("object") == "event"
+        and isinstance(event.get("id"), str)
+        and 0 < len(event["id"]) <= 255
+        and isinstance(event.get("type"), str)
+        and 0 < len(event["type"]) <= 100
+        and isinstance(event.get("created"), int)
+        and isinstance(event.get("data"), dict)
+        and isinstance(event["data"].get("object"), dict)
+    ):
+        raise WebhookRejected("The body is not a Stripe event.", code="invalid_payload")
+    return event

@@ -99,3 +99,32 @@ def close_due_periods() -> list[str]:
         )
         closed.append(period.isoformat())
     return closed
+
+
+@shared_task(
+    autoretry_for=(Exception,),
+    retry_backoff=30,
+    retry_backoff_max=1800,
+    retry_jitter=True,
+    max_retries=8,
+)
+def webhook_process(event_id: str) -> str:
+    """Process one stored Stripe event (by its Stripe id); return its status.
+
+    A failure is stored on the event and retried with backoff; past the retries, the periodic
+    ``webhook_retry_due`` hands it back to a worker.
+    """
+    from billing.webhooks import webhook_event_process
+
+    return webhook_event_process(stripe_event_id=event_id).status
+
+
+@shared_task
+def webhook_retry_due() -> int:
+    """Queue again the events that are still unprocessed a few minutes after they arrived."""
+    from billing.webhooks import webhook_events_due
+
+    due = webhook_events_due()
+    for event_id in due:
+        webhook_process.delay(event_id)
+    return len(due)

@@ -1,8 +1,13 @@
-"""The console's Billing page: thin over billing.selectors."""
+"""The console's Billing page (thin over billing.selectors) and Stripe's webhook endpoint."""
 
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
 from billing import selectors
+from billing.errors import BillingError
+from billing.webhooks import webhook_event_receive
 from portal.console import OrganizationMixin
 from portal.roles import Perm
 
@@ -24,3 +29,19 @@ class BillingView(OrganizationMixin, TemplateView):
             invoices=selectors.invoices_list(organization=self.organization)[:INVOICES_SHOWN],
         )
         return context
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request):
+    """Take one Stripe delivery: 200 once its event is stored (or was already), else a JSON error.
+
+    Stripe signs the raw body, so it is read as bytes and never parsed before it is verified.
+    """
+    try:
+        _event, new = webhook_event_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
+    except BillingError as error:
+        return JsonResponse({"error": error.code, "message": error.message}, status=error.status)
+    return JsonResponse({"received": True, "duplicate": not new})

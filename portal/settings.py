@@ -244,6 +244,10 @@ if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
     raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a secret (sk_...) or restricted (rk_...) key")
 # Another address only for a Stripe stand-in such as localstripe in tests and the demo.
 STRIPE_API_BASE = env_url("STRIPE_API_BASE", "https://api.stripe.com", schemes=("http", "https")).rstrip("/")
+# The signing secret of the webhook endpoint registered in Stripe; empty: webhooks are refused (503).
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+if STRIPE_WEBHOOK_SECRET and not STRIPE_WEBHOOK_SECRET.startswith("whsec_"):
+    raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET must be an endpoint signing secret (whsec_...)")
 
 # --- REST API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
 
+from billing.views import stripe_webhook
 from portal import views
 
 # django-ratelimit in front of allauth's own limits: per client IP, POST only.
@@ -48,6 +49,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("billing/stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("api/", include("portal.api.urls")),
     path("accounts/login/", login_view, name="account_login"),
     path("accounts/signup/", signup_view, name="account_signup"),

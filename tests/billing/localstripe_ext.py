@@ -14,6 +14,12 @@ start it from a fixture. What this adds, each as real Stripe behaves:
 - ``POST /v1/invoices/{id}/finalize`` (draft → open, ``invoice.finalized``);
 - ``POST /v1/invoices/{id}/pay``: a declined card answers 402 ``card_error`` and sends
   ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``;
+- ``POST /v1/invoices/{id}/void`` sends ``invoice.voided``; ``POST
+  /v1/invoices/{id}/mark_uncollectible`` (open → uncollectible, ``invoice.marked_uncollectible``);
+- ``GET /v1/invoice_payments?invoice=`` (the invoice's payment intent, as the API versions
+  without ``Invoice.payment_intent`` report it); ``GET /v1/events?types[]=``;
+- ``DELETE /_config/webhooks/{id}``: stop sending events to an endpoint registered with
+  ``POST /_config/webhooks/{id}``;
 - no pickle of the store in /tmp (each server keeps its data in memory, so that several
   servers can run side by side).
 """
@@ -36,7 +42,7 @@ from localstripe.resources import (
     store,
     try_convert_to_bool,
 )
-from localstripe.webhooks import schedule_webhook
+from localstripe.webhooks import _webhooks, schedule_webhook
 
 resources.Store.dump_to_disk = lambda self: None
 resources.Store.try_load_from_disk = lambda self: None
@@ -209,6 +215,81 @@ def _on_payment_success_and_paid(self):
 Invoice._on_payment_success = _on_payment_success_and_paid
 
 
+# --- Void and uncollectible invoices --------------------------------------------------------
+
+_void = Invoice._api_void_invoice
+_status = Invoice.status
+
+
+def invoice_void(id, **params):
+    _unknown(params)
+    invoice = _void(id)
+    schedule_webhook(Event("invoice.voided", invoice))
+    return invoice
+
+
+def invoice_mark_uncollectible(id, **params):
+    _unknown(params)
+    invoice = Invoice._api_retrieve(id)
+    if invoice.status != "open":
+        raise UserError(
+            400, f"You can only mark an open invoice uncollectible, this one is {invoice.status}."
+        )
+    invoice._uncollectible = True
+    schedule_webhook(Event("invoice.marked_uncollectible", invoice))
+    return invoice
+
+
+def _status_or_uncollectible(self):
+    status = _status.fget(self)
+    return "uncollectible" if status == "open" and getattr(self, "_uncollectible", False) else status
+
+
+Invoice.status = property(_status_or_uncollectible)
+
+
+async def invoice_payments_list(request):
+    invoice = Invoice._api_retrieve(request.query.get("invoice", ""))
+    payments = []
+    if invoice.payment_intent:
+        intent = PaymentIntent._api_retrieve(invoice.payment_intent)
+        payments.append(
+            {
+                "id": "inpay_" + intent.id.removeprefix("pi_"),
+                "object": "invoice_payment",
+                "invoice": invoice.id,
+                "amount_requested": invoice.total,
+                "currency": invoice.currency,
+                "is_default": True,
+                "status": "paid" if intent.status == "succeeded" else "open",
+                "payment": {"type": "payment_intent", "payment_intent": intent.id},
+            }
+        )
+    return web.json_response(
+        {"object": "list", "url": "/v1/invoice_payments", "has_more": False, "data": payments}
+    )
+
+
+# --- Events listed by several types -----------------------------------------------------------
+
+_event_list = Event._api_list_all
+
+
+def event_list(url, types=None, **params):
+    found = _event_list(url, **params)
+    if types is not None:
+        found._list = [event for event in found._list if event.type in types]
+    return found
+
+
+Event._api_list_all = staticmethod(event_list)
+
+
+async def forget_webhook(request):
+    _webhooks.pop(request.match_info["id"], None)
+    return web.Response()
+
+
 # --- Invoice items on a given draft, with a period ------------------------------------------
 
 _pending_item_create = InvoiceItem._api_create
@@ -253,7 +334,10 @@ InvoiceItem._api_list_all = staticmethod(invoice_item_list)
 # --- Routes ---------------------------------------------------------------------------------
 
 # localstripe registered its own /pay at import; requests for it are served by ours instead.
-_REPLACED = {("POST", "/v1/invoices/{id}/pay"): server.api_extra(invoice_pay, "/v1/invoices/{id}/pay")}
+_REPLACED = {
+    ("POST", "/v1/invoices/{id}/pay"): server.api_extra(invoice_pay, "/v1/invoices/{id}/pay"),
+    ("POST", "/v1/invoices/{id}/void"): server.api_extra(invoice_void, "/v1/invoices/{id}/void"),
+}
 
 
 @web.middleware
@@ -276,7 +360,13 @@ def main() -> None:
     app.router.add_post(
         "/v1/invoices/{id}/finalize", server.api_extra(invoice_finalize, "/v1/invoices/{id}/finalize")
     )
+    app.router.add_post(
+        "/v1/invoices/{id}/mark_uncollectible",
+        server.api_extra(invoice_mark_uncollectible, "/v1/invoices/{id}/mark_uncollectible"),
+    )
+    app.router.add_get("/v1/invoice_payments", invoice_payments_list)
     app.router.add_delete("/_config/idempotency_keys", forget_idempotency_keys)
+    app.router.add_delete("/_config/webhooks/{id}", forget_webhook)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
