@@ -99,3 +99,20 @@ def close_due_periods() -> list[str]:
         )
         closed.append(period.isoformat())
     return closed
+
+
+@shared_task
+def dunning_run() -> int:
+    """Advance every organization's dunning: scheduled retries, the warning, the suspension."""
+    from billing.dunning import dunning_run as run
+
+    return run()
+
+
+@shared_task
+def dunning_charge(organization_id: int, trigger: str) -> list[str]:
+    """Charge an organization's open invoices again now (a card was added); return their statuses."""
+    from billing.dunning import dunning_charge as charge
+    from portal.models import Organization
+
+    return charge(organization=Organization.objects.get(pk=organization_id), trigger=trigger)

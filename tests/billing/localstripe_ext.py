@@ -13,7 +13,10 @@ start it from a fixture. What this adds, each as real Stripe behaves:
   ``GET /v1/invoiceitems?invoice=``;
 - ``POST /v1/invoices/{id}/finalize`` (draft → open, ``invoice.finalized``);
 - ``POST /v1/invoices/{id}/pay``: a declined card answers 402 ``card_error`` and sends
-  ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``;
+  ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``; ``paid_out_of_band``
+  marks it paid without a charge; an uncollectible invoice may still be paid;
+- ``POST /v1/invoices/{id}/mark_uncollectible`` (open → uncollectible,
+  ``invoice.marked_uncollectible``);
 - no pickle of the store in /tmp (each server keeps its data in memory, so that several
   servers can run side by side).
 """
@@ -21,6 +24,7 @@ start it from a fixture. What this adds, each as real Stripe behaves:
 import argparse
 import json
 import re
+import time
 
 from aiohttp import web
 from localstripe import resources, server
@@ -168,15 +172,19 @@ def _finalize(invoice) -> None:
     schedule_webhook(Event("invoice.finalized", invoice))
 
 
-def invoice_pay(id, **params):
+def invoice_pay(id, paid_out_of_band=None, **params):
     _unknown(params)
     invoice = Invoice._api_retrieve(id)
     if invoice.status == "paid":
         raise UserError(400, "Invoice is already paid")
-    if invoice.status not in ("draft", "open"):
+    if invoice.status not in ("draft", "open", "uncollectible"):
         raise UserError(400, f"You cannot pay an invoice with status {invoice.status}.")
     if invoice.status == "draft":
         _finalize(invoice)
+    if try_convert_to_bool(paid_out_of_band):
+        invoice._paid_out_of_band = True
+        invoice._on_payment_success()
+        return invoice
     if invoice.total <= 0:
         invoice._on_payment_success()
         return invoice
@@ -196,6 +204,34 @@ def invoice_pay(id, **params):
             error.body["error"].update(type="card_error", decline_code="generic_decline")
         raise
     return invoice
+
+
+def invoice_mark_uncollectible(id, **params):
+    _unknown(params)
+    invoice = Invoice._api_retrieve(id)
+    if invoice.status != "open":
+        raise UserError(
+            400, f"You can only mark an open invoice uncollectible, this one is {invoice.status}."
+        )
+    invoice._uncollectible = True
+    invoice.status_transitions["marked_uncollectible_at"] = int(time.time())
+    schedule_webhook(Event("invoice.marked_uncollectible", invoice))
+    return invoice
+
+
+_status = Invoice.status.fget
+
+
+def _status_out_of_band_or_uncollectible(self):
+    if getattr(self, "_paid_out_of_band", False):
+        return "paid"
+    status = _status(self)
+    if status == "open" and getattr(self, "_uncollectible", False):
+        return "uncollectible"
+    return status
+
+
+Invoice.status = property(_status_out_of_band_or_uncollectible)
 
 
 _on_payment_success = Invoice._on_payment_success
@@ -275,6 +311,10 @@ def main() -> None:
     app.middlewares.append(replaced_routes_middleware)
     app.router.add_post(
         "/v1/invoices/{id}/finalize", server.api_extra(invoice_finalize, "/v1/invoices/{id}/finalize")
+    )
+    app.router.add_post(
+        "/v1/invoices/{id}/mark_uncollectible",
+        server.api_extra(invoice_mark_uncollectible, "/v1/invoices/{id}/mark_uncollectible"),
     )
     app.router.add_delete("/_config/idempotency_keys", forget_idempotency_keys)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
