@@ -18,6 +18,7 @@ from billing import services
 from billing.currency import format_minor
 from billing.models import (
     Customer,
+    Dunning,
     Invoice,
     InvoiceLine,
     ModelPrice,
@@ -213,7 +214,8 @@ class CreditForm(forms.Form):
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    """Invoices are built by the close and mirrored to Stripe: staff read them and credit drafts."""
+    """Invoices are built by the close and mirrored to Stripe: staff read them, credit drafts, and
+    settle open ones (paid outside Stripe, forgiven, voided), which ends the organization's dunning."""
 
     list_display = ["public_id", "organization", "period", "status", "total", "stripe_invoice_id"]
     list_filter = ["status", PeriodFilter]
@@ -237,7 +239,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
     inlines = [InvoiceLineInline]
-    actions = ["push_again", "void"]
+    actions = ["push_again", "mark_paid", "forgive", "void"]
 
     @admin.display(description="Total")
     def total(self, invoice):
@@ -277,6 +279,14 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Push the selected invoices to Stripe again")
     def push_again(self, request, queryset):
         self._act(request, queryset, services.invoice_push_request, "Push queued")
+
+    @admin.action(description="Mark the selected open invoices paid outside Stripe (no charge)")
+    def mark_paid(self, request, queryset):
+        self._act(request, queryset, services.invoice_mark_paid, "Marked paid")
+
+    @admin.action(description="Forgive the selected open invoices (Stripe: uncollectible)")
+    def forgive(self, request, queryset):
+        self._act(request, queryset, services.invoice_forgive, "Forgiven")
 
     @admin.action(description="Void the selected open invoices (here and in Stripe)")
     def void(self, request, queryset):
@@ -381,3 +391,30 @@ class WebhookEventAdmin(admin.ModelAdmin):
                 count += 1
         if count:
             messages.success(request, f"Processing queued: {count} event(s).")
+
+
+@admin.register(Dunning)
+class DunningAdmin(admin.ModelAdmin):
+    """Each spell of unpaid invoices, read-only: settle its invoices to end it."""
+
+    list_display = ["organization", "started_at", "retries_made", "warned_at", "suspended_at", "ended_at"]
+    list_filter = [("ended_at", admin.EmptyFieldListFilter)]
+    search_fields = ["organization__name", "organization__slug"]
+    readonly_fields = [
+        "organization",
+        "started_at",
+        "reason",
+        "retries_made",
+        "warned_at",
+        "suspended_at",
+        "ended_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

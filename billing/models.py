@@ -237,3 +237,32 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.stripe_event_id}"
+
+
+class Dunning(models.Model):
+    """One spell of an organization owing a failed payment, from the first failure to settlement.
+
+    Its moments drive the timeline: retries ``BILLING_RETRY_DAYS`` after ``started_at``, the
+    warning three days before the suspension, the suspension ``BILLING_GRACE_DAYS`` after it.
+    """
+
+    organization = models.ForeignKey("portal.Organization", on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=500, help_text="Why the last payment failed (Stripe's words).")
+    retries_made = models.PositiveIntegerField(default=0)
+    warned_at = models.DateTimeField(null=True, blank=True)
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=models.Q(ended_at__isnull=True),
+                name="dunning_one_open_per_organization",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} since {self.started_at:%Y-%m-%d}"

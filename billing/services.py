@@ -10,6 +10,7 @@ from billing import dunning, stripe_adapter
 from billing.currency import format_minor
 from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
 from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing.notifications import billing_email_send
 from portal.audit import Actor, audit_record
 from portal.errors import Conflict, DomainError
 from portal.models import Membership, Organization
@@ -356,8 +357,10 @@ def _push(invoice: Invoice) -> None:
         )
     if remote.status == "draft":
         remote = stripe_adapter.invoice_finalize(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
-    if remote.status in ("open", "paid"):
-        invoice_status_advance(invoice=invoice, status=Invoice.Status.OPEN)
+    if remote.status in ("open", "paid") and invoice_status_advance(
+        invoice=invoice, status=Invoice.Status.OPEN
+    ):
+        billing_email_send(organization=invoice.organization, template="invoice_issued", invoice=invoice)
     if remote.status == "open":
         # A new attempt number per run: a declined charge may be retried once the card changed;
         # an invoice already paid is never charged again (Stripe refuses to).
@@ -371,30 +374,78 @@ def _push(invoice: Invoice) -> None:
     invoice_status_advance(invoice=invoice, status=Invoice.Status.PAID)
 
 
-def invoice_void(*, actor: Actor, invoice: Invoice) -> Invoice:
-    """Void an open invoice here and in Stripe (staff only); nothing more is owed on it."""
+def _invoice_close(
+    *, actor: Actor, invoice: Invoice, verb: str, stripe_call, stripe_status: str, action: str, **fields
+) -> Invoice:
+    """Close an open invoice here and in Stripe, audited; then nothing more is owed on it."""
     with _push_lock(invoice.pk):
         invoice.refresh_from_db()
         if invoice.status != Invoice.Status.OPEN:
             raise Conflict(
-                f"Only an open invoice can be voided; this one is {invoice.get_status_display().lower()}."
+                f"Only an open invoice can be {verb}; this one is {invoice.get_status_display().lower()}."
             )
         if invoice.stripe_invoice_id:
-            remote = stripe_adapter.invoice_void(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
-            if remote.status != "void":
+            remote = stripe_call(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
+            if remote.status != stripe_status:
                 raise BillingError(
-                    f"Stripe's invoice is {remote.status}, not void.", code="unexpected_status"
+                    f"Stripe's invoice is {remote.status}, not {stripe_status}.", code="unexpected_status"
                 )
         with transaction.atomic():
-            _invoice_update(invoice, status=Invoice.Status.VOID, voided_at=timezone.now())
+            _invoice_update(invoice, **fields)
             audit_record(
                 actor=actor,
-                action="invoice.voided",
+                action=action,
                 organization=invoice.organization,
                 target=invoice,
                 metadata={"stripe_invoice_id": invoice.stripe_invoice_id, "total_minor": invoice.total_minor},
             )
+    dunning.dunning_invoice_settled(invoice=invoice)
     return invoice
+
+
+def invoice_void(*, actor: Actor, invoice: Invoice) -> Invoice:
+    """Void an open invoice here and in Stripe (staff only): it was issued in error."""
+    return _invoice_close(
+        actor=actor,
+        invoice=invoice,
+        verb="voided",
+        stripe_call=stripe_adapter.invoice_void,
+        stripe_status="void",
+        action="invoice.voided",
+        status=Invoice.Status.VOID,
+        voided_at=timezone.now(),
+    )
+
+
+def invoice_mark_paid(*, actor: Actor, invoice: Invoice) -> Invoice:
+    """Record an open invoice as paid outside Stripe, e.g. by bank transfer (staff only); no charge."""
+    return _invoice_close(
+        actor=actor,
+        invoice=invoice,
+        verb="marked paid",
+        stripe_call=stripe_adapter.invoice_pay_out_of_band,
+        stripe_status="paid",
+        action="invoice.paid_out_of_band",
+        status=Invoice.Status.PAID,
+        paid_at=timezone.now(),
+    )
+
+
+def invoice_forgive(*, actor: Actor, invoice: Invoice) -> Invoice:
+    """Forgive an open invoice (staff only): Stripe marks it uncollectible and charges no more.
+
+    Uncollectible rather than void: the invoice was rightly issued and stays owed in the books
+    as a bad debt (Stripe still accepts a payment of it), where a void says it was a mistake.
+    """
+    return _invoice_close(
+        actor=actor,
+        invoice=invoice,
+        verb="forgiven",
+        stripe_call=stripe_adapter.invoice_mark_uncollectible,
+        stripe_status="uncollectible",
+        action="invoice.forgiven",
+        status=Invoice.Status.UNCOLLECTIBLE,
+    )
 
 
 def invoice_push_request(*, actor: Actor, invoice: Invoice) -> None:

@@ -2,7 +2,8 @@
 
 Every write carries an idempotency key derived from Tollgate's ids (``tg:cus:<organization>``,
 ``tg:inv:<invoice>:create``, ``tg:line:<line>``, ``tg:inv:<invoice>:finalize``,
-``tg:inv:<invoice>:pay:<attempt>``): a call repeated after a crash or a timeout gets Stripe's
+``tg:inv:<invoice>:pay:<attempt>``, ``tg:inv:<invoice>:void``, ``tg:inv:<invoice>:paid_out_of_band``,
+``tg:inv:<invoice>:uncollectible``): a call repeated after a crash or a timeout gets Stripe's
 first answer instead of acting twice. Stripe keeps a key for at least 24 hours; past that, the
 callers find what was made by its metadata (``invoice_find``, ``invoice_items``).
 
@@ -302,3 +303,25 @@ def webhook_event_verify(*, payload: bytes, signature: str, secret: str) -> dict
     ):
         raise WebhookRejected("The body is not a Stripe event.", code="invalid_payload")
     return event
+
+
+def invoice_pay_out_of_band(*, invoice: str, invoice_id: int) -> StripeInvoice:
+    """Record an open invoice as paid outside Stripe (open → paid); nothing is charged."""
+    with _errors():
+        return _invoice(
+            _client().v1.invoices.pay(
+                invoice,
+                params={"paid_out_of_band": True},
+                options={"idempotency_key": f"tg:inv:{invoice_id}:paid_out_of_band"},
+            )
+        )
+
+
+def invoice_mark_uncollectible(*, invoice: str, invoice_id: int) -> StripeInvoice:
+    """Write an open invoice off as a bad debt (open → uncollectible); Stripe stops charging it."""
+    with _errors():
+        return _invoice(
+            _client().v1.invoices.mark_uncollectible(
+                invoice, options={"idempotency_key": f"tg:inv:{invoice_id}:uncollectible"}
+            )
+        )

@@ -128,3 +128,20 @@ def webhook_retry_due() -> int:
     for event_id in due:
         webhook_process.delay(event_id)
     return len(due)
+
+
+@shared_task
+def dunning_run() -> int:
+    """Advance every organization's dunning: scheduled retries, the warning, the suspension."""
+    from billing.dunning import dunning_run as run
+
+    return run()
+
+
+@shared_task
+def dunning_charge(organization_id: int, trigger: str) -> list[str]:
+    """Charge an organization's open invoices again now (a card was added); return their statuses."""
+    from billing.dunning import dunning_charge as charge
+    from portal.models import Organization
+
+    return charge(organization=Organization.objects.get(pk=organization_id), trigger=trigger)

@@ -275,6 +275,15 @@ def _check_standing(record: KeyRecord) -> None:
             type="insufficient_quota",
             code="organization_suspended",
         )
+    if reason == "billing_suspended":
+        where = f" at {record.org_billing_url}" if record.org_billing_url else " in the Tollgate console"
+        raise EdgeError(
+            402,
+            "Your organization is suspended for unpaid invoices. "
+            f"Pay them on the Billing page{where} and requests resume within a second.",
+            type="insufficient_quota",
+            code="billing_suspended",
+        )
 
 
 def header(scope, name: bytes) -> str | None:

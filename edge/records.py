@@ -45,6 +45,9 @@ class KeyRecord:
     allowed_networks: tuple
     key_limits: Limits
     org_limits: Limits
+    # Why the organization is not active ("", "billing", "staff") and where it pays its invoices.
+    org_status_reason: str = ""
+    org_billing_url: str = ""
 
     def refusal(self, now: float | None = None) -> str | None:
         """Return why this secret cannot be used now, or None."""
@@ -56,7 +59,7 @@ class KeyRecord:
         if self.secret_expires_at is not None and now >= self.secret_expires_at:
             return "rotated"
         if self.org_status == "suspended":
-            return "suspended"
+            return "billing_suspended" if self.org_status_reason == "billing" else "suspended"
         return None
 
     def allows_model(self, model: str) -> bool:
@@ -107,6 +110,9 @@ def parse_key_record(raw: bytes) -> KeyRecord:
             allowed_networks=tuple(ipaddress.ip_network(net) for net in data["allowed_ips"]),
             key_limits=_limits(data["limits"], data["budget"]),
             org_limits=_limits(data.get("org_limits"), data.get("org_budget")),
+            # Added within version 1: records written before them have neither.
+            org_status_reason=data.get("org_status_reason") or "",
+            org_billing_url=data.get("org_billing_url") or "",
         )
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
         if isinstance(exc, RecordError):

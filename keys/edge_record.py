@@ -7,6 +7,8 @@ Redis key ``tg:key:<hex HMAC-SHA256 of the secret under KEY_PEPPER>`` holds a JS
       "key_id": "key_01j...",            # public id of the key
       "org_id": 42,                      # organization primary key
       "org_status": "active",            # active | past_due | suspended
+      "org_status_reason": "",           # "" | billing | staff: why the org is not active
+      "org_billing_url": "https://…/o/acme/billing/",  # where the org pays its invoices
       "environment": "live",             # live | test
       "status": "active",                # active | revoked  (expiry is compared by the edge)
       "expires_at": 1767225600 | null,   # key expiry, Unix seconds
@@ -22,8 +24,13 @@ Redis key ``tg:key:<hex HMAC-SHA256 of the secret under KEY_PEPPER>`` holds a JS
 A secret is usable when ``status == "active"``, ``org_status != "suspended"`` and neither
 ``expires_at`` nor ``secret_expires_at`` has passed. On every change the portal rewrites the
 records of a key's secrets and publishes ``{"v": 1, "hashes": [...]}`` on ``tg:invalidate``.
+
+``org_status_reason`` and ``org_billing_url`` were added within version 1: an edge that does
+not know them ignores them, and the edge reads a record without them as having no reason.
 """
 
+from django.conf import settings
+from django.urls import reverse
 from django.utils import timezone
 
 SCHEMA_VERSION = 1
@@ -53,6 +60,8 @@ def key_record(key, secret) -> dict:
         "key_id": key.public_id,
         "org_id": key.organization_id,
         "org_status": organization.status,
+        "org_status_reason": organization.status_reason,
+        "org_billing_url": settings.SITE_URL + reverse("org-billing", args=[organization.slug]),
         "environment": key.environment,
         "status": "revoked" if (key.revoked_at or secret.revoked_at) else "active",
         "expires_at": _epoch(key.expires_at),

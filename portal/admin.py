@@ -50,10 +50,10 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(AuditedAdmin):
-    list_display = ["name", "slug", "status", "require_mfa", "created_at"]
-    list_filter = ["status", "require_mfa"]
+    list_display = ["name", "slug", "status", "status_reason", "require_mfa", "created_at"]
+    list_filter = ["status", "status_reason", "require_mfa"]
     search_fields = ["name", "slug", "memberships__user__email"]
-    readonly_fields = ["created_at"]
+    readonly_fields = ["status_reason", "created_at"]
     inlines = [MembershipInline]
     actions = ["suspend", "reactivate"]
 

@@ -17,6 +17,7 @@ app.conf.beat_schedule = {
     "close-billing-periods": {"task": "billing.tasks.close_due_periods", "schedule": 900.0},
     "reconcile-billing": {"task": "billing.tasks.reconcile_period", "schedule": 24 * 3600.0},
     "retry-stripe-webhooks": {"task": "billing.tasks.webhook_retry_due", "schedule": 300.0},
+    "billing-dunning": {"task": "billing.tasks.dunning_run", "schedule": 3600.0},
     "usage-partitions-ahead": {"task": "usage.tasks.ensure_partitions", "schedule": 6 * 3600.0},
     "usage-raw-retention": {"task": "usage.tasks.apply_raw_retention", "schedule": 24 * 3600.0},
     "purge-idempotency-records": {"task": "portal.tasks.purge_idempotency_records", "schedule": 3600.0},

@@ -11,6 +11,7 @@ import uuid
 from django.core.cache import cache
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
+from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,16 @@ def email_queue(*, to: list[str], subject: str, body: str, html: str | None = No
     transaction.on_commit(enqueue)
 
 
-def email_send(*, to: str, template: str, context: dict) -> None:
-    """Render ``emails/<template>_{subject,body}.txt`` and send it after the commit."""
+def email_send(*, to: str | list[str], template: str, context: dict) -> None:
+    """Render ``emails/<template>_{subject,body}.txt`` (and ``_body.html`` when there is one) and
+    send it after the commit."""
     subject = " ".join(render_to_string(f"emails/{template}_subject.txt", context).split())
     body = render_to_string(f"emails/{template}_body.txt", context)
-    email_queue(to=[to], subject=subject, body=body)
+    try:
+        html = render_to_string(f"emails/{template}_body.html", context)
+    except TemplateDoesNotExist:
+        html = None
+    email_queue(to=[to] if isinstance(to, str) else to, subject=subject, body=body, html=html)
 
 
 def email_deliver(*, email_id: str) -> bool:

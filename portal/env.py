@@ -69,6 +69,20 @@ def env_list(name: str, default=_MISSING) -> list[str]:
     return items
 
 
+def env_days(name: str, default=_MISSING, *, before: int) -> tuple[int, ...]:
+    """Parse a schedule of whole days, e.g. ``1,3,5,7``: strictly increasing, each from 1 to ``before - 1``."""
+    items = env_list(name, default)
+    try:
+        days = tuple(int(item) for item in items)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be whole days separated by commas, got {items!r}") from None
+    if any(day < 1 or day >= before for day in days):
+        raise ImproperlyConfigured(f"{name} must be days from 1 to {before - 1}, got {days!r}")
+    if any(later <= earlier for earlier, later in zip(days, days[1:], strict=False)):
+        raise ImproperlyConfigured(f"{name} must be in increasing order without repeats, got {days!r}")
+    return days
+
+
 def env_url(name: str, default=_MISSING, *, schemes: tuple[str, ...]) -> str:
     value = _raw(name, default)
     if value is None:

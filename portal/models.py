@@ -68,9 +68,18 @@ class Organization(models.Model):
         PAST_DUE = "past_due", "Past due"
         SUSPENDED = "suspended", "Suspended"
 
+    class StatusReason(models.TextChoices):
+        NONE = "", "None"
+        BILLING = "billing", "Unpaid invoices"
+        STAFF = "staff", "Set by staff"
+
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Why the organization is not active: a payment clears only the standing billing set.
+    status_reason = models.CharField(
+        max_length=16, choices=StatusReason.choices, blank=True, default=StatusReason.NONE
+    )
     require_mfa = models.BooleanField(
         default=False, help_text="Members must have two-factor authentication to enter."
     )

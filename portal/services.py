@@ -94,22 +94,36 @@ def organization_update(
     return organization
 
 
-def organization_set_status(*, actor: Actor, organization: Organization, status: str) -> Organization:
-    """Change an organization's standing (support staff or billing)."""
+def organization_set_status(
+    *,
+    actor: Actor,
+    organization: Organization,
+    status: str,
+    reason: str = Organization.StatusReason.STAFF,
+) -> Organization:
+    """Change an organization's standing and say why (support staff, or billing for unpaid invoices).
+
+    An active organization has no reason; the edge hears of any change within a second.
+    """
     if status not in Organization.Status.values:
         raise DomainError(f"Unknown status {status!r}.", field="status")
+    if status == Organization.Status.ACTIVE:
+        reason = Organization.StatusReason.NONE
+    elif reason not in Organization.StatusReason.values or not reason:
+        raise DomainError(f"Unknown status reason {reason!r}.", field="status_reason")
     with transaction.atomic():
         organization = Organization.objects.select_for_update().get(pk=organization.pk)
-        previous = organization.status
-        if previous != status:
+        previous = (organization.status, organization.status_reason)
+        if previous != (status, reason):
             organization.status = status
-            organization.save(update_fields=["status"])
+            organization.status_reason = reason
+            organization.save(update_fields=["status", "status_reason"])
             audit_record(
                 actor=actor,
                 organization=organization,
                 action="organization.status_changed",
                 target=organization,
-                metadata={"from": previous, "to": status},
+                metadata={"from": previous[0], "to": status, "reason": reason},
             )
             _announce_change(organization)
     return organization

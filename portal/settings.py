@@ -7,6 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import (
     env_bool,
+    env_days,
     env_int,
     env_list,
     env_str,
@@ -81,6 +82,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "portal.context_processors.console",
+                "billing.context_processors.billing_standing",
             ],
         },
     },
@@ -205,6 +207,10 @@ USAGE_RAW_RETENTION_MONTHS = env_int("USAGE_RAW_RETENTION_MONTHS", 13, minimum=1
 # --- Billing -------------------------------------------------------------------------------
 # A month closes this long after it ends, so that the edge's last events of the month land in it.
 BILLING_CLOSE_GRACE_MINUTES = env_int("BILLING_CLOSE_GRACE_MINUTES", 60, minimum=0)
+# Dunning: an organization whose payment failed is suspended this many days later unless it
+# pays, and its open invoices are charged again on these days (counted from the failure).
+BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 14, minimum=1)
+BILLING_RETRY_DAYS = env_days("BILLING_RETRY_DAYS", ["1", "3", "5", "7"], before=BILLING_GRACE_DAYS)
 
 # --- OAuth2 / OpenID Connect provider (machine tokens for the API) -----------------------
 IDP_OIDC_PRIVATE_KEY = env_str("OIDC_IDP_PRIVATE_KEY", "")

@@ -13,7 +13,8 @@ start it from a fixture. What this adds, each as real Stripe behaves:
   ``GET /v1/invoiceitems?invoice=``;
 - ``POST /v1/invoices/{id}/finalize`` (draft → open, ``invoice.finalized``);
 - ``POST /v1/invoices/{id}/pay``: a declined card answers 402 ``card_error`` and sends
-  ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``;
+  ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``; ``paid_out_of_band``
+  marks it paid without a charge; an uncollectible invoice may still be paid;
 - ``POST /v1/invoices/{id}/void`` sends ``invoice.voided``; ``POST
   /v1/invoices/{id}/mark_uncollectible`` (open → uncollectible, ``invoice.marked_uncollectible``);
 - ``GET /v1/invoice_payments?invoice=`` (the invoice's payment intent, as the API versions
@@ -27,6 +28,7 @@ start it from a fixture. What this adds, each as real Stripe behaves:
 import argparse
 import json
 import re
+import time
 
 from aiohttp import web
 from localstripe import resources, server
@@ -174,15 +176,19 @@ def _finalize(invoice) -> None:
     schedule_webhook(Event("invoice.finalized", invoice))
 
 
-def invoice_pay(id, **params):
+def invoice_pay(id, paid_out_of_band=None, **params):
     _unknown(params)
     invoice = Invoice._api_retrieve(id)
     if invoice.status == "paid":
         raise UserError(400, "Invoice is already paid")
-    if invoice.status not in ("draft", "open"):
+    if invoice.status not in ("draft", "open", "uncollectible"):
         raise UserError(400, f"You cannot pay an invoice with status {invoice.status}.")
     if invoice.status == "draft":
         _finalize(invoice)
+    if try_convert_to_bool(paid_out_of_band):
+        invoice._paid_out_of_band = True
+        invoice._on_payment_success()
+        return invoice
     if invoice.total <= 0:
         invoice._on_payment_success()
         return invoice
@@ -204,6 +210,34 @@ def invoice_pay(id, **params):
     return invoice
 
 
+def invoice_mark_uncollectible(id, **params):
+    _unknown(params)
+    invoice = Invoice._api_retrieve(id)
+    if invoice.status != "open":
+        raise UserError(
+            400, f"You can only mark an open invoice uncollectible, this one is {invoice.status}."
+        )
+    invoice._uncollectible = True
+    invoice.status_transitions["marked_uncollectible_at"] = int(time.time())
+    schedule_webhook(Event("invoice.marked_uncollectible", invoice))
+    return invoice
+
+
+_status = Invoice.status.fget
+
+
+def _status_out_of_band_or_uncollectible(self):
+    if getattr(self, "_paid_out_of_band", False):
+        return "paid"
+    status = _status(self)
+    if status == "open" and getattr(self, "_uncollectible", False):
+        return "uncollectible"
+    return status
+
+
+Invoice.status = property(_status_out_of_band_or_uncollectible)
+
+
 _on_payment_success = Invoice._on_payment_success
 
 
@@ -215,10 +249,9 @@ def _on_payment_success_and_paid(self):
 Invoice._on_payment_success = _on_payment_success_and_paid
 
 
-# --- Void and uncollectible invoices --------------------------------------------------------
+# --- Void invoices --------------------------------------------------------------------------
 
 _void = Invoice._api_void_invoice
-_status = Invoice.status
 
 
 def invoice_void(id, **params):
@@ -226,26 +259,6 @@ def invoice_void(id, **params):
     invoice = _void(id)
     schedule_webhook(Event("invoice.voided", invoice))
     return invoice
-
-
-def invoice_mark_uncollectible(id, **params):
-    _unknown(params)
-    invoice = Invoice._api_retrieve(id)
-    if invoice.status != "open":
-        raise UserError(
-            400, f"You can only mark an open invoice uncollectible, this one is {invoice.status}."
-        )
-    invoice._uncollectible = True
-    schedule_webhook(Event("invoice.marked_uncollectible", invoice))
-    return invoice
-
-
-def _status_or_uncollectible(self):
-    status = _status.fget(self)
-    return "uncollectible" if status == "open" and getattr(self, "_uncollectible", False) else status
-
-
-Invoice.status = property(_status_or_uncollectible)
 
 
 async def invoice_payments_list(request):

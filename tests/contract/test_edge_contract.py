@@ -104,6 +104,8 @@ def test_key_with_every_field_set_parses_into_the_exact_key_record(actor, organi
         allowed_networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
         key_limits=Limits(rpm=600, tpm=50_000, concurrency=4, budget_minor=5000),
         org_limits=Limits(rpm=1000, tpm=100_000, concurrency=20, budget_minor=20_000),
+        org_status_reason="",
+        org_billing_url=f"http://testserver/o/{organization.slug}/billing/",
     )
     assert record.refusal() is None
     assert record.refusal(now=int(expires_at.timestamp()) - 1) is None
@@ -177,11 +179,48 @@ def test_suspended_organization_parses_as_suspended_and_past_due_still_works(act
     _key, plaintext = committed(services.api_key_create, actor=actor, organization=organization, name="k")
     committed(organization_set_status, actor=actor, organization=organization, status="past_due")
     record = parse_key_record(published(plaintext))
-    assert (record.org_status, record.refusal()) == ("past_due", None)
+    assert (record.org_status, record.org_status_reason, record.refusal()) == ("past_due", "staff", None)
 
     committed(organization_set_status, actor=actor, organization=organization, status="suspended")
     record = parse_key_record(published(plaintext))
-    assert (record.org_status, record.refusal()) == ("suspended", "suspended")
+    assert (record.org_status, record.org_status_reason, record.refusal()) == (
+        "suspended",
+        "staff",
+        "suspended",
+    )
+
+
+def test_billing_suspension_parses_with_its_reason_and_where_to_pay(actor, organization, committed):
+    _key, plaintext = committed(services.api_key_create, actor=actor, organization=organization, name="k")
+    committed(
+        organization_set_status,
+        actor=Actor.system(),
+        organization=organization,
+        status="suspended",
+        reason="billing",
+    )
+    record = parse_key_record(published(plaintext))
+    assert (record.org_status, record.org_status_reason, record.refusal()) == (
+        "suspended",
+        "billing",
+        "billing_suspended",
+    )
+    assert record.org_billing_url == f"http://testserver/o/{organization.slug}/billing/"
+
+    committed(organization_set_status, actor=Actor.system(), organization=organization, status="active")
+    record = parse_key_record(published(plaintext))
+    assert (record.org_status, record.org_status_reason, record.refusal()) == ("active", "", None)
+
+
+def test_a_record_written_before_the_status_reason_reads_as_having_none(actor, organization, committed):
+    _key, plaintext = committed(services.api_key_create, actor=actor, organization=organization, name="k")
+    data = json.loads(published(plaintext))
+    del data["org_status_reason"], data["org_billing_url"]
+    data["org_status"] = "suspended"
+
+    record = parse_key_record(json.dumps(data).encode())
+
+    assert (record.org_status_reason, record.org_billing_url, record.refusal()) == ("", "", "suspended")
 
 
 def test_published_price_parses_into_exact_decimals_and_costs_match_a_hand_computation(committed):

@@ -73,6 +73,8 @@ def test_created_key_record_is_exactly_the_v1_schema(actor, organization, publis
         "key_id": key.public_id,
         "org_id": organization.pk,
         "org_status": "active",
+        "org_status_reason": "",
+        "org_billing_url": "http://testserver/o/acme/billing/",
         "environment": "live",
         "status": "active",
         "expires_at": int(expires_at.timestamp()),

@@ -106,7 +106,7 @@ def test_admin_status_change_is_audited_as_staff(client):
     assert Organization.objects.get(pk=organization.pk).status == Organization.Status.SUSPENDED
     event = AuditEvent.objects.get(action="organization.status_changed")
     assert (event.actor, event.actor_type, event.organization) == (staff, "staff", organization)
-    assert event.metadata == {"from": "active", "to": "suspended"}
+    assert event.metadata == {"from": "active", "to": "suspended", "reason": "staff"}
 
 
 def test_admin_search_finds_organization_by_member_email(client):

@@ -86,10 +86,12 @@ def test_the_inline_code_finder_sees_each_kind():
 
 def test_no_template_holds_inline_script_or_style():
     root = Path(django_settings.BASE_DIR) / "templates"
+    # Emails are read in mail clients, never served under the site's CSP, and only inline
+    # styles survive most mail clients.
     found = {
         str(path.relative_to(root)): problems
         for path in sorted(root.rglob("*.html"))
-        if (problems := inline_code(path.read_text()))
+        if path.relative_to(root).parts[0] != "emails" and (problems := inline_code(path.read_text()))
     }
     assert found == {}
 
