@@ -27,6 +27,7 @@ start it from a fixture. What this adds, each as real Stripe behaves:
 
 import argparse
 import json
+import pickle
 import re
 import time
 
@@ -48,6 +49,21 @@ from localstripe.webhooks import _webhooks, schedule_webhook
 
 resources.Store.dump_to_disk = lambda self: None
 resources.Store.try_load_from_disk = lambda self: None
+
+
+def _keep_store_in(path: str) -> None:
+    """Load the store from ``path`` and write it back after every change (slow, but only the demo)."""
+
+    def dump(self):
+        with open(path, "wb") as file:
+            pickle.dump(dict(self), file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    resources.Store.dump_to_disk = dump
+    try:
+        with open(path, "rb") as file:
+            dict.update(store, pickle.load(file))
+    except FileNotFoundError:
+        pass
 
 
 def _unknown(params: dict) -> None:
@@ -364,7 +380,10 @@ async def replaced_routes_middleware(request, handler):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--store", help="keep the data in this file across restarts (the demo does)")
     args = parser.parse_args()
+    if args.store:
+        _keep_store_in(args.store)
     app = server.app
     # Outermost, so that replays see the error responses too; the replacement innermost, so
     # that localstripe's error middleware turns its errors into responses.
