@@ -20,7 +20,7 @@ test: $(VENV)/.installed-dev services chromium lint
 	$(VENV)/bin/pytest -n 2
 	set -e; for instant in $(CLOCK_INSTANTS); do $(VENV)/bin/pytest -n 0 -q -m clock --clock=$$instant; done
 
-demo: $(VENV)/.installed-runtime
+demo: $(VENV)/.installed-demo
 	bash scripts/demo.sh
 
 lint: $(VENV)/.installed-dev
@@ -47,4 +47,8 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements.txt | $(PY)
 
 $(VENV)/.installed-runtime: requirements.txt | $(PY)
 	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-demo: requirements-demo.txt requirements.txt | $(PY)
+	$(PIP) -r requirements-demo.txt
 	touch $@

@@ -19,6 +19,7 @@ embedded_forced() {
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 stop_embedded() {
+	[[ -n "$stripe_pid" ]] && kill "$stripe_pid" 2>/dev/null
 	[[ "$uses_embedded_redis" == 1 ]] && embedded_redis_stop
 	[[ "$uses_embedded_postgres" == 1 ]] && embedded_postgres_stop
 	return 0
@@ -26,6 +27,7 @@ stop_embedded() {
 
 uses_embedded_postgres=0
 uses_embedded_redis=0
+stripe_pid=""
 trap stop_embedded EXIT
 
 if ! embedded_forced && [[ -n "${DATABASE_URL:-}" ]]; then
@@ -81,6 +83,22 @@ export SITE_URL=http://localhost:8000
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
 # Celery's broker defaults to REDIS_URL; an inherited one would point elsewhere.
 unset CELERY_BROKER_URL
+
+# Stripe: localstripe (completed by the test suite's extension), its data kept in .run/.
+STRIPE_PORT=8420
+export STRIPE_SECRET_KEY=sk_test_tollgate_demo
+export STRIPE_PUBLISHABLE_KEY=pk_test_tollgate_demo
+export STRIPE_API_BASE="http://127.0.0.1:$STRIPE_PORT"
+export STRIPE_JS_URL="$STRIPE_API_BASE/js.stripe.com/v3/"
+export STRIPE_WEBHOOK_SECRET=whsec_tollgate_demo
+say "Stripe: localstripe on 127.0.0.1:$STRIPE_PORT"
+"$VENV_PYTHON" tests/billing/localstripe_ext.py --port "$STRIPE_PORT" --store "$RUN_DIR/localstripe.pickle" \
+	>"$RUN_DIR/localstripe.log" 2>&1 &
+stripe_pid=$!
+wait_until "localstripe" tcp_open 127.0.0.1 "$STRIPE_PORT"
+# Stripe's events reach the portal's webhook endpoint, signed as Stripe signs them.
+curl -fsS -o /dev/null "$STRIPE_API_BASE/_config/webhooks/tollgate" \
+	-d "url=$SITE_URL/billing/stripe/webhook/" -d "secret=$STRIPE_WEBHOOK_SECRET"
 
 "$VENV_PYTHON" scripts/ensure_database.py
 say "migrating"
