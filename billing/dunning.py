@@ -14,3 +14,7 @@ def dunning_payment_failed(*, invoice: Invoice, reason: str) -> None:
 
 def dunning_invoice_settled(*, invoice: Invoice) -> None:
     """Record that ``invoice`` no longer needs collecting (paid, voided, forgiven)."""
+
+
+def dunning_card_added(*, organization) -> None:
+    """Retry collecting ``organization``'s open invoices now that it has a new card to charge."""

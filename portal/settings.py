@@ -244,6 +244,12 @@ if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
     raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a secret (sk_...) or restricted (rk_...) key")
 # Another address only for a Stripe stand-in such as localstripe in tests and the demo.
 STRIPE_API_BASE = env_url("STRIPE_API_BASE", "https://api.stripe.com", schemes=("http", "https")).rstrip("/")
+# Stripe.js collects card numbers in the browser, so they never reach this server. It is the
+# one script loaded from another host (Stripe requires it be loaded from Stripe's own).
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
+if STRIPE_PUBLISHABLE_KEY and not STRIPE_PUBLISHABLE_KEY.startswith("pk_"):
+    raise ImproperlyConfigured("STRIPE_PUBLISHABLE_KEY must be a publishable key (pk_...)")
+STRIPE_JS_URL = env_url("STRIPE_JS_URL", "https://js.stripe.com/v3/", schemes=("http", "https"))
 
 # --- REST API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -185,6 +185,7 @@ def invoice_json(invoice: Invoice) -> dict:
         "currency": invoice.currency,
         "total_minor": invoice.total_minor,
         "no_charge_reason": invoice.no_charge_reason,
+        "hosted_invoice_url": invoice.hosted_invoice_url,
         "lines": [
             {
                 "position": line.position,

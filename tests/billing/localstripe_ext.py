@@ -14,6 +14,10 @@ start it from a fixture. What this adds, each as real Stripe behaves:
 - ``POST /v1/invoices/{id}/finalize`` (draft → open, ``invoice.finalized``);
 - ``POST /v1/invoices/{id}/pay``: a declined card answers 402 ``card_error`` and sends
   ``invoice.payment_failed``; a paid invoice sends ``invoice.paid``;
+- a finalized invoice has a ``hosted_invoice_url`` (Stripe's page for paying it);
+- a SetupIntent confirmed for a customer attaches its payment method to that customer (as
+  Stripe does, so that the card can be charged off-session and is listed on the customer);
+- ``GET /v1/payment_methods?customer=`` lists newest first, as Stripe does;
 - no pickle of the store in /tmp (each server keeps its data in memory, so that several
   servers can run side by side).
 """
@@ -33,6 +37,8 @@ from localstripe.resources import (
     InvoiceLineItem,
     List,
     PaymentIntent,
+    PaymentMethod,
+    SetupIntent,
     store,
     try_convert_to_bool,
 )
@@ -165,6 +171,7 @@ def invoice_finalize(id, auto_advance=None, **params):
 
 def _finalize(invoice) -> None:
     invoice._finalize()
+    invoice.hosted_invoice_url = f"https://invoice.stripe.com/i/acct_localstripe/{invoice.id}"
     schedule_webhook(Event("invoice.finalized", invoice))
 
 
@@ -207,6 +214,30 @@ def _on_payment_success_and_paid(self):
 
 
 Invoice._on_payment_success = _on_payment_success_and_paid
+
+
+# --- SetupIntents save the card on their customer ---------------------------------------------
+
+_setup_intent_confirm = SetupIntent._api_confirm
+
+
+def setup_intent_confirm(id, **params):
+    intent = _setup_intent_confirm(id, **params)
+    if intent.status == "succeeded" and intent.customer and intent.payment_method:
+        PaymentMethod._api_retrieve(intent.payment_method).customer = intent.customer
+    return intent
+
+
+_payment_method_list = PaymentMethod._api_list_all
+
+
+def payment_method_list(url, **params):
+    found = _payment_method_list(url, **params)
+    found._list = found._list[::-1]
+    return found
+
+
+PaymentMethod._api_list_all = staticmethod(payment_method_list)
 
 
 # --- Invoice items on a given draft, with a period ------------------------------------------
@@ -252,8 +283,13 @@ InvoiceItem._api_list_all = staticmethod(invoice_item_list)
 
 # --- Routes ---------------------------------------------------------------------------------
 
-# localstripe registered its own /pay at import; requests for it are served by ours instead.
-_REPLACED = {("POST", "/v1/invoices/{id}/pay"): server.api_extra(invoice_pay, "/v1/invoices/{id}/pay")}
+# localstripe registered its own routes for these at import; requests for them are served by ours.
+_REPLACED = {
+    ("POST", "/v1/invoices/{id}/pay"): server.api_extra(invoice_pay, "/v1/invoices/{id}/pay"),
+    ("POST", "/v1/setup_intents/{id}/confirm"): server.api_extra(
+        setup_intent_confirm, "/v1/setup_intents/{id}/confirm"
+    ),
+}
 
 
 @web.middleware
