@@ -3,7 +3,7 @@
 from dataclasses import asdict
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -138,7 +138,21 @@ class CardSerializer(serializers.Serializer):
     is_default = serializers.BooleanField(help_text="Invoices are charged to this card.")
 
 
+@extend_schema_field(
+    {"anyOf": [{"type": "string", "format": "email", "maxLength": 254}, {"type": "string", "maxLength": 0}]}
+)
+class _EmailOrBlankField(serializers.EmailField):
+    """An email or nothing (drf-spectacular would document it as oneOf, which "" matches twice)."""
+
+
 class BillingDetailsSerializer(serializers.ModelSerializer):
+    email = _EmailOrBlankField(
+        required=False,
+        allow_blank=True,
+        max_length=254,
+        help_text="Where invoices and receipts go; empty: the first owner's email.",
+    )
+
     class Meta:
         model = BillingDetails
         fields = [
@@ -171,6 +185,8 @@ CARD_ID = OpenApiParameter(
 
 class PaymentMethodListView(OrganizationAPIView):
     required_permissions = {"GET": Perm.BILLING_VIEW}
+    # A customer has a handful of cards, read from Stripe in one call: no pages.
+    pagination_class = None
 
     @extend_schema(
         operation_id="payment_methods_list",

@@ -333,7 +333,7 @@ def billing_details_update(
 ) -> BillingDetails:
     """Store who invoices are addressed to, after Stripe's customer says the same.
 
-    Stripe is written first: a tax id it refuses is not stored here. Without a billing email
+    Stripe is written first: a tax id it refuses changes nothing, there or here. Without a billing email
     Stripe writes to the first owner; without a company name, the organization's name is used.
     """
     values = {
@@ -357,15 +357,16 @@ def billing_details_update(
         raise DomainError("A tax id needs both its kind and its number.", field=field)
     address = {part: values[f"address_{part}" if part.startswith("line") else part] for part in _ADDRESS}
     customer = customer_ensure(organization=organization).stripe_customer_id
+    # The tax id first: it is the part Stripe may refuse, and then nothing else has changed.
+    stripe_adapter.customer_tax_id_set(
+        customer=customer,
+        tax_id=(values["tax_id_type"], values["tax_id_value"]) if values["tax_id_type"] else None,
+    )
     stripe_adapter.customer_update(
         customer=customer,
         email=values["email"] or _owner_email(organization),
         name=values["company_name"] or organization.name,
         address=address if any(address.values()) else None,
-    )
-    stripe_adapter.customer_tax_id_set(
-        customer=customer,
-        tax_id=(values["tax_id_type"], values["tax_id_value"]) if values["tax_id_type"] else None,
     )
     with transaction.atomic():
         details, _ = BillingDetails.objects.update_or_create(

@@ -158,26 +158,28 @@ def customer_update(*, customer: str, email: str, name: str, address: dict[str, 
 
 
 def customer_tax_id_set(*, customer: str, tax_id: tuple[str, str] | None) -> None:
-    """Make ``tax_id`` (type, value) the customer's only tax id; None removes them all."""
+    """Make ``tax_id`` (type, value) the customer's only tax id; None removes them all.
+
+    The new one is added before the others go, so that a refused tax id changes nothing.
+    """
     with _errors():
-        existing = _client().v1.customers.tax_ids.list(customer)
-        keep = False
-        for found in existing.data:
-            if tax_id is not None and (found.type, found.value) == tax_id:
-                keep = True
-            else:
+        existing = _client().v1.customers.tax_ids.list(customer).data
+    if tax_id is not None and tax_id not in [(found.type, found.value) for found in existing]:
+        try:
+            with _errors():
+                _client().v1.customers.tax_ids.create(
+                    customer, params={"type": tax_id[0], "value": tax_id[1]}
+                )
+        except BillingError as error:
+            if isinstance(error.__cause__, stripe.InvalidRequestError):
+                raise TaxIdRefused(
+                    f"Stripe does not accept {tax_id[1]} as a tax id of this kind.", field="tax_id_value"
+                ) from error
+            raise
+    with _errors():
+        for found in existing:
+            if (found.type, found.value) != tax_id:
                 _client().v1.customers.tax_ids.delete(customer, found.id)
-        if tax_id is None or keep:
-            return
-    try:
-        with _errors():
-            _client().v1.customers.tax_ids.create(customer, params={"type": tax_id[0], "value": tax_id[1]})
-    except BillingError as error:
-        if isinstance(error.__cause__, stripe.InvalidRequestError):
-            raise TaxIdRefused(
-                f"Stripe does not accept {tax_id[1]} as a tax id of this kind.", field="tax_id_value"
-            ) from error
-        raise
 
 
 def _setup_intent(found) -> SetupIntent:
