@@ -333,8 +333,9 @@ def billing_details_update(
 ) -> BillingDetails:
     """Store who invoices are addressed to, after Stripe's customer says the same.
 
-    Stripe is written first: a tax id it refuses changes nothing, there or here. Without a billing email
-    Stripe writes to the first owner; without a company name, the organization's name is used.
+    Stripe is written first: a tax id it refuses changes nothing, there or here. Without a
+    billing email Stripe writes to the first owner; without a company name, the organization's
+    name is used.
     """
     values = {
         "email": email.strip(),

@@ -165,17 +165,15 @@ def customer_tax_id_set(*, customer: str, tax_id: tuple[str, str] | None) -> Non
     with _errors():
         existing = _client().v1.customers.tax_ids.list(customer).data
     if tax_id is not None and tax_id not in [(found.type, found.value) for found in existing]:
-        try:
-            with _errors():
+        with _errors():
+            try:
                 _client().v1.customers.tax_ids.create(
                     customer, params={"type": tax_id[0], "value": tax_id[1]}
                 )
-        except BillingError as error:
-            if isinstance(error.__cause__, stripe.InvalidRequestError):
+            except stripe.InvalidRequestError as error:
                 raise TaxIdRefused(
                     f"Stripe does not accept {tax_id[1]} as a tax id of this kind.", field="tax_id_value"
                 ) from error
-            raise
     with _errors():
         for found in existing:
             if (found.type, found.value) != tax_id:
@@ -236,13 +234,13 @@ def customer_default_payment_method(*, customer: str) -> str:
     """Return the id of the payment method invoices are charged to, or "" when none is set."""
     with _errors():
         found = _client().v1.customers.retrieve(customer)
-    settings_ = found.invoice_settings
-    method = settings_.default_payment_method if settings_ else None
+    invoice_settings = found.invoice_settings
+    method = invoice_settings.default_payment_method if invoice_settings else None
     return method if isinstance(method, str) else (method.id if method else "")
 
 
 def customer_default_payment_method_set(*, customer: str, payment_method: str) -> None:
-    """Charge the customer's invoices to ``payment_method`` from now on ("" unsets it)."""
+    """Charge the customer's invoices to ``payment_method`` from now on."""
     with _errors():
         _client().v1.customers.update(
             customer, params={"invoice_settings": {"default_payment_method": payment_method}}
