@@ -26,6 +26,21 @@ class PaymentDeclined(BillingError):
     status = 402
     code = "card_declined"
 
+    def __init__(self, message: str, *, code: str | None = None, decline_code: str | None = None):
+        super().__init__(message, code=code)
+        # Stripe's reason (``insufficient_funds``, ``generic_decline``, ...): what to tell the payer.
+        self.decline_code = decline_code or self.code
+
+    def problem_members(self) -> dict:
+        return {"decline_code": self.decline_code}
+
+
+class TaxIdRefused(BillingError):
+    """Stripe does not accept the tax id given for the customer."""
+
+    status = 400
+    code = "tax_id_invalid"
+
 
 class WebhookRejected(BillingError):
     """A webhook delivery that cannot be trusted: a bad signature, a stale timestamp, a bad body."""

@@ -130,6 +130,52 @@ class Customer(models.Model):
         return self.stripe_customer_id
 
 
+class BillingDetails(models.Model):
+    """Who an organization's invoices are addressed to; mirrored to its Stripe customer."""
+
+    class TaxIdType(models.TextChoices):
+        # Stripe's names for the tax ids its invoices print.
+        EU_VAT = "eu_vat", "EU VAT number"
+        GB_VAT = "gb_vat", "UK VAT number"
+        CH_VAT = "ch_vat", "Swiss VAT number"
+        NO_VAT = "no_vat", "Norwegian VAT number"
+        US_EIN = "us_ein", "US EIN"
+        CA_BN = "ca_bn", "Canadian BN"
+        AU_ABN = "au_abn", "Australian ABN"
+        NZ_GST = "nz_gst", "New Zealand GST number"
+        IN_GST = "in_gst", "Indian GST number"
+
+    organization = models.OneToOneField("portal.Organization", on_delete=models.CASCADE, related_name="+")
+    email = models.EmailField(blank=True, default="", help_text="Where invoices and receipts go.")
+    company_name = models.CharField(max_length=200, blank=True, default="")
+    address_line1 = models.CharField(max_length=200, blank=True, default="")
+    address_line2 = models.CharField(max_length=200, blank=True, default="")
+    city = models.CharField(max_length=100, blank=True, default="")
+    postal_code = models.CharField(max_length=20, blank=True, default="")
+    state = models.CharField(max_length=100, blank=True, default="")
+    country = models.CharField(max_length=2, blank=True, default="", help_text="ISO 3166-1 alpha-2.")
+    tax_id_type = models.CharField(max_length=16, choices=TaxIdType.choices, blank=True, default="")
+    tax_id_value = models.CharField(max_length=50, blank=True, default="")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "billing details"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(tax_id_type="", tax_id_value="")
+                | (~models.Q(tax_id_type="") & ~models.Q(tax_id_value="")),
+                name="billingdetails_tax_id_whole",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(country="") | models.Q(country__regex=r"^[A-Z]{2}$"),
+                name="billingdetails_country_iso",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.company_name or self.email or str(self.organization_id)
+
+
 class Invoice(models.Model):
     """One organization's bill for one month, computed here and mirrored to Stripe."""
 
@@ -150,6 +196,8 @@ class Invoice(models.Model):
     # Empty when the invoice has nothing to pay: such invoices never reach Stripe.
     stripe_invoice_id = models.CharField(max_length=255, blank=True, default="")
     no_charge_reason = models.CharField(max_length=200, blank=True, default="")
+    # Stripe's page where the customer can see and pay the invoice; empty until it is finalized.
+    hosted_invoice_url = models.URLField(max_length=1000, blank=True, default="")
     push_attempts = models.PositiveIntegerField(default=0)
     last_push_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)

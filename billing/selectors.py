@@ -1,7 +1,7 @@
 """Reads for billing: the plan an organization is on, its prices, and its usage ready to rate."""
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
@@ -9,7 +9,8 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from billing.models import Invoice, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing import stripe_adapter
+from billing.models import BillingDetails, Customer, Invoice, ModelPrice, Plan, PlanAssignment, PlanPrice
 from billing.rating import Price, PriceBook, Rating, Usage, rate, round_minor, usage_amount
 from portal.errors import DomainError
 from usage import selectors as usage_selectors
@@ -194,6 +195,37 @@ def invoices_list(*, organization) -> QuerySet[Invoice]:
 def invoice_get(*, organization, invoice_id: str) -> Invoice | None:
     """Return one of ``organization``'s invoices by its public id; another's is None, like none."""
     return invoices_list(organization=organization).filter(public_id=invoice_id).first()
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    """A card on the organization's Stripe customer, as the console and the API show it."""
+
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    is_default: bool
+
+
+def cards_list(*, organization) -> list[SavedCard]:
+    """Return the organization's cards from Stripe, oldest first; none before it has a customer."""
+    customer = Customer.objects.filter(organization=organization).first()
+    if customer is None:
+        return []
+    default = stripe_adapter.customer_default_payment_method(customer=customer.stripe_customer_id)
+    return [
+        SavedCard(**asdict(card), is_default=card.id == default)
+        for card in stripe_adapter.cards_list(customer=customer.stripe_customer_id)
+    ]
+
+
+def billing_details_get(*, organization) -> BillingDetails:
+    """Return the organization's billing details; an unsaved empty one when none were given."""
+    return BillingDetails.objects.filter(organization=organization).first() or BillingDetails(
+        organization=organization, updated_at=None
+    )
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,4 @@
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -9,10 +10,20 @@ from django.utils import timezone
 from billing import dunning, stripe_adapter
 from billing.currency import format_minor
 from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
-from billing.models import Customer, Invoice, InvoiceLine, ModelPrice, Plan, PlanAssignment, PlanPrice
+from billing.models import (
+    BillingDetails,
+    Customer,
+    Invoice,
+    InvoiceLine,
+    ModelPrice,
+    Plan,
+    PlanAssignment,
+    PlanPrice,
+)
 from billing.notifications import billing_email_send
+from billing.stripe_adapter import Card
 from portal.audit import Actor, audit_record
-from portal.errors import Conflict, DomainError
+from portal.errors import Conflict, DomainError, NotFound
 from portal.models import Membership, Organization
 from portal.roles import Role
 from usage.partitions import add_months, month_start
@@ -178,17 +189,11 @@ def customer_ensure(*, organization: Organization) -> Customer:
     existing = Customer.objects.filter(organization=organization).first()
     if existing is not None:
         return existing
-    owner = (
-        Membership.unscoped.filter(organization=organization, role=Role.OWNER)
-        .select_related("user")
-        .order_by("created_at", "pk")
-        .first()
-    )
     stripe_customer_id = stripe_adapter.customer_create(
         organization_id=organization.pk,
         slug=organization.slug,
         name=organization.name,
-        email=owner.user.email if owner else "",
+        email=_owner_email(organization),
     )
     with transaction.atomic():
         customer, created = Customer.objects.get_or_create(
@@ -203,6 +208,200 @@ def customer_ensure(*, organization: Organization) -> Customer:
                 metadata={"stripe_customer_id": stripe_customer_id},
             )
     return customer
+
+
+def _owner_email(organization: Organization) -> str:
+    owner = (
+        Membership.unscoped.filter(organization=organization, role=Role.OWNER)
+        .select_related("user")
+        .order_by("created_at", "pk")
+        .first()
+    )
+    return owner.user.email if owner else ""
+
+
+def _has_open_invoice(organization: Organization) -> bool:
+    return Invoice.objects.filter(organization=organization, status=Invoice.Status.OPEN).exists()
+
+
+def _card_get(organization: Organization, payment_method_id: str) -> tuple[str, list[Card], Card]:
+    """Return the customer id, every card, and the one named; another's card is not found."""
+    customer = Customer.objects.filter(organization=organization).first()
+    cards = stripe_adapter.cards_list(customer=customer.stripe_customer_id) if customer else []
+    for card in cards:
+        if card.id == payment_method_id:
+            return customer.stripe_customer_id, cards, card
+    raise NotFound("Not found.")
+
+
+def _card_audit(*, actor: Actor, organization: Organization, action: str, card: Card) -> None:
+    audit_record(
+        actor=actor,
+        action=action,
+        organization=organization,
+        target_type="billing.card",
+        target_id=card.id,
+        metadata={"brand": card.brand, "last4": card.last4},
+    )
+
+
+def _card_ready(organization: Organization) -> None:
+    """Let dunning retry at once: the organization has a new card to charge and owes money."""
+    # Imported here: dunning drives collection through this module.
+    from billing.dunning import dunning_card_added
+
+    if _has_open_invoice(organization):
+        transaction.on_commit(lambda: dunning_card_added(organization=organization))
+
+
+def payment_method_setup_start(*, organization: Organization) -> stripe_adapter.SetupIntent:
+    """Start adding a card: a SetupIntent whose client secret Stripe.js confirms in the browser."""
+    customer = customer_ensure(organization=organization).stripe_customer_id
+    return stripe_adapter.setup_intent_create(customer=customer, organization_id=organization.pk)
+
+
+def payment_method_add(*, actor: Actor, organization: Organization, setup_intent_id: str) -> Card:
+    """Keep the card a confirmed SetupIntent saved, and charge invoices to it from now on.
+
+    The newest card is the one the payer means to pay with, so it becomes the default.
+    """
+    customer = Customer.objects.filter(organization=organization).first()
+    intent = None
+    if customer is not None and setup_intent_id.startswith("seti_"):
+        intent = stripe_adapter.setup_intent_retrieve(setup_intent=setup_intent_id)
+    if intent is None or intent.customer != customer.stripe_customer_id:
+        raise NotFound("Not found.")
+    if intent.status != "succeeded" or not intent.payment_method:
+        raise Conflict("Stripe has not confirmed this card; enter it again.")
+    _customer, _cards, card = _card_get(organization, intent.payment_method)
+    stripe_adapter.customer_default_payment_method_set(
+        customer=customer.stripe_customer_id, payment_method=card.id
+    )
+    with transaction.atomic():
+        _card_audit(actor=actor, organization=organization, action="billing.card_added", card=card)
+        _card_ready(organization)
+    return card
+
+
+def payment_method_set_default(*, actor: Actor, organization: Organization, payment_method_id: str) -> Card:
+    """Charge the organization's invoices to one of its cards from now on."""
+    customer, _cards, card = _card_get(organization, payment_method_id)
+    stripe_adapter.customer_default_payment_method_set(customer=customer, payment_method=card.id)
+    with transaction.atomic():
+        _card_audit(actor=actor, organization=organization, action="billing.card_made_default", card=card)
+        _card_ready(organization)
+    return card
+
+
+def payment_method_remove(*, actor: Actor, organization: Organization, payment_method_id: str) -> Card:
+    """Remove a card and return it; the last one stays while an invoice is open, to be charged.
+
+    Removing the default card makes the newest remaining card the default.
+    """
+    customer, cards, card = _card_get(organization, payment_method_id)
+    if len(cards) == 1 and _has_open_invoice(organization):
+        raise Conflict(
+            f"{card.brand.title()} ending in {card.last4} is the only card and an invoice is open: "
+            "add another card before removing this one."
+        )
+    was_default = stripe_adapter.customer_default_payment_method(customer=customer) == card.id
+    stripe_adapter.payment_method_detach(payment_method=card.id)
+    remaining = [other for other in cards if other.id != card.id]
+    if was_default and remaining:
+        stripe_adapter.customer_default_payment_method_set(customer=customer, payment_method=remaining[-1].id)
+    with transaction.atomic():
+        _card_audit(actor=actor, organization=organization, action="billing.card_removed", card=card)
+    return card
+
+
+_ADDRESS = ("line1", "line2", "city", "postal_code", "state", "country")
+
+
+def billing_details_update(
+    *,
+    actor: Actor,
+    organization: Organization,
+    email: str = "",
+    company_name: str = "",
+    address_line1: str = "",
+    address_line2: str = "",
+    city: str = "",
+    postal_code: str = "",
+    state: str = "",
+    country: str = "",
+    tax_id_type: str = "",
+    tax_id_value: str = "",
+) -> BillingDetails:
+    """Store who invoices are addressed to, after Stripe's customer says the same.
+
+    Stripe is written first: a tax id it refuses changes nothing, there or here. Without a
+    billing email Stripe writes to the first owner; without a company name, the organization's
+    name is used.
+    """
+    values = {
+        "email": email.strip(),
+        "company_name": company_name.strip(),
+        "address_line1": address_line1.strip(),
+        "address_line2": address_line2.strip(),
+        "city": city.strip(),
+        "postal_code": postal_code.strip(),
+        "state": state.strip(),
+        "country": country.strip().upper(),
+        "tax_id_type": tax_id_type.strip(),
+        "tax_id_value": tax_id_value.strip().replace(" ", ""),
+    }
+    if values["country"] and not re.fullmatch(r"[A-Z]{2}", values["country"]):
+        raise DomainError("Use the two-letter country code (ISO 3166-1), e.g. DE.", field="country")
+    if values["tax_id_type"] and values["tax_id_type"] not in BillingDetails.TaxIdType.values:
+        raise DomainError("Choose one of the listed kinds of tax id.", field="tax_id_type")
+    if bool(values["tax_id_type"]) != bool(values["tax_id_value"]):
+        field = "tax_id_value" if values["tax_id_type"] else "tax_id_type"
+        raise DomainError("A tax id needs both its kind and its number.", field=field)
+    address = {part: values[f"address_{part}" if part.startswith("line") else part] for part in _ADDRESS}
+    customer = customer_ensure(organization=organization).stripe_customer_id
+    # The tax id first: it is the part Stripe may refuse, and then nothing else has changed.
+    stripe_adapter.customer_tax_id_set(
+        customer=customer,
+        tax_id=(values["tax_id_type"], values["tax_id_value"]) if values["tax_id_type"] else None,
+    )
+    stripe_adapter.customer_update(
+        customer=customer,
+        email=values["email"] or _owner_email(organization),
+        name=values["company_name"] or organization.name,
+        address=address if any(address.values()) else None,
+    )
+    with transaction.atomic():
+        details, _ = BillingDetails.objects.update_or_create(
+            organization=organization, defaults={**values, "updated_at": timezone.now()}
+        )
+        audit_record(
+            actor=actor,
+            action="billing.details_updated",
+            organization=organization,
+            target=details,
+            metadata={name: value for name, value in values.items() if name != "tax_id_value"},
+        )
+    return details
+
+
+def invoice_pay_now(*, actor: Actor, invoice: Invoice) -> Invoice:
+    """Charge an open invoice to the default card now, as a fresh attempt.
+
+    A declined card raises ``PaymentDeclined`` with Stripe's message and leaves it open.
+    """
+    if invoice.status != Invoice.Status.OPEN or not invoice.stripe_invoice_id:
+        raise Conflict(
+            f"Only an open invoice can be paid; this one is {invoice.get_status_display().lower()}."
+        )
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="invoice.pay_requested",
+            organization=invoice.organization,
+            target=invoice,
+            metadata={"push_attempts": invoice.push_attempts},
+        )
+    return invoice_push(invoice=invoice)
 
 
 # Namespace of the advisory locks that keep two pushes of one invoice apart ("tg").
@@ -357,6 +556,8 @@ def _push(invoice: Invoice) -> None:
         )
     if remote.status == "draft":
         remote = stripe_adapter.invoice_finalize(invoice=invoice.stripe_invoice_id, invoice_id=invoice.pk)
+    if remote.hosted_invoice_url and remote.hosted_invoice_url != invoice.hosted_invoice_url:
+        _invoice_update(invoice, hosted_invoice_url=remote.hosted_invoice_url)
     if remote.status in ("open", "paid") and invoice_status_advance(
         invoice=invoice, status=Invoice.Status.OPEN
     ):

@@ -5,7 +5,10 @@ Every write carries an idempotency key derived from Tollgate's ids (``tg:cus:<or
 ``tg:inv:<invoice>:pay:<attempt>``, ``tg:inv:<invoice>:void``, ``tg:inv:<invoice>:paid_out_of_band``,
 ``tg:inv:<invoice>:uncollectible``): a call repeated after a crash or a timeout gets Stripe's
 first answer instead of acting twice. Stripe keeps a key for at least 24 hours; past that, the
-callers find what was made by its metadata (``invoice_find``, ``invoice_items``).
+callers find what was made by its metadata (``invoice_find``, ``invoice_items``). The writes
+about payment methods and billing details carry no key of ours: each sets a value (repeating
+it changes nothing) or makes a SetupIntent that costs nothing unused; the SDK's own key covers
+its retries.
 
 Every ``stripe.StripeError`` leaves this module as a ``BillingError``: ``BillingUnavailable``
 when a later retry may succeed, ``PaymentDeclined`` when the customer's payment failed.
@@ -22,7 +25,7 @@ import stripe
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from billing.errors import BillingError, BillingUnavailable, PaymentDeclined, WebhookRejected
+from billing.errors import BillingError, BillingUnavailable, PaymentDeclined, TaxIdRefused, WebhookRejected
 from usage.partitions import add_months
 
 # The SDK retries timeouts, 409s and 5xx answers itself, with the same idempotency key.
@@ -39,6 +42,25 @@ class StripeInvoice:
     currency: str
     total: int
     tollgate_invoice_id: int | None = None  # from the metadata the push gave it
+    hosted_invoice_url: str = ""
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class SetupIntent:
+    id: str
+    status: str
+    customer: str
+    payment_method: str
+    client_secret: str
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,11 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except stripe.CardError as error:
-        raise PaymentDeclined(_message(error), code=error.code or PaymentDeclined.code) from error
+        raise PaymentDeclined(
+            _message(error),
+            code=error.code or PaymentDeclined.code,
+            decline_code=getattr(error.error, "decline_code", None) or error.code or PaymentDeclined.code,
+        ) from error
     except (stripe.APIConnectionError, stripe.RateLimitError) as error:
         raise BillingUnavailable(_message(error)) from error
     except stripe.IdempotencyError as error:
@@ -100,6 +126,7 @@ def _invoice(found) -> StripeInvoice:
         currency=found.currency,
         total=found.total,
         tollgate_invoice_id=int(invoice_id) if invoice_id.isdigit() else None,
+        hosted_invoice_url=getattr(found, "hosted_invoice_url", None) or "",
     )
 
 
@@ -125,6 +152,112 @@ def customer_create(*, organization_id: int, slug: str, name: str, email: str) -
             params=params, options={"idempotency_key": f"tg:cus:{organization_id}"}
         )
     return customer.id
+
+
+def customer_update(*, customer: str, email: str, name: str, address: dict[str, str] | None) -> None:
+    """Set the name, billing email and postal address Stripe prints on the customer's invoices."""
+    with _errors():
+        _client().v1.customers.update(
+            customer,
+            # Stripe clears a field sent empty.
+            params={"email": email, "name": name, "address": address if address else ""},
+        )
+
+
+def customer_tax_id_set(*, customer: str, tax_id: tuple[str, str] | None) -> None:
+    """Make ``tax_id`` (type, value) the customer's only tax id; None removes them all.
+
+    The new one is added before the others go, so that a refused tax id changes nothing.
+    """
+    with _errors():
+        existing = _client().v1.customers.tax_ids.list(customer).data
+    if tax_id is not None and tax_id not in [(found.type, found.value) for found in existing]:
+        with _errors():
+            try:
+                _client().v1.customers.tax_ids.create(
+                    customer, params={"type": tax_id[0], "value": tax_id[1]}
+                )
+            except stripe.InvalidRequestError as error:
+                raise TaxIdRefused(
+                    f"Stripe does not accept {tax_id[1]} as a tax id of this kind.", field="tax_id_value"
+                ) from error
+    with _errors():
+        for found in existing:
+            if (found.type, found.value) != tax_id:
+                _client().v1.customers.tax_ids.delete(customer, found.id)
+
+
+def _setup_intent(found) -> SetupIntent:
+    return SetupIntent(
+        id=found.id,
+        status=found.status,
+        customer=found.customer or "",
+        payment_method=found.payment_method or "",
+        client_secret=found.client_secret,
+    )
+
+
+def setup_intent_create(*, customer: str, organization_id: int) -> SetupIntent:
+    """Start saving a card for off-session charges; the browser confirms it with Stripe.js."""
+    with _errors():
+        return _setup_intent(
+            _client().v1.setup_intents.create(
+                params={
+                    "customer": customer,
+                    "usage": "off_session",
+                    "payment_method_types": ["card"],
+                    "metadata": {"tollgate_organization_id": str(organization_id)},
+                }
+            )
+        )
+
+
+def setup_intent_retrieve(*, setup_intent: str) -> SetupIntent:
+    with _errors():
+        return _setup_intent(_client().v1.setup_intents.retrieve(setup_intent))
+
+
+def cards_list(*, customer: str) -> list[Card]:
+    """Return the cards saved on the customer, oldest first."""
+    with _errors():
+        found = _client().v1.payment_methods.list(
+            params={"customer": customer, "type": "card", "limit": PAGE}
+        )
+        cards = [
+            Card(
+                id=method.id,
+                brand=method.card.brand,
+                last4=method.card.last4,
+                exp_month=method.card.exp_month,
+                exp_year=method.card.exp_year,
+            )
+            for method in found.auto_paging_iter()
+        ]
+    # Stripe lists newest first.
+    return cards[::-1]
+
+
+def customer_default_payment_method(*, customer: str) -> str:
+    """Return the id of the payment method invoices are charged to, or "" when none is set."""
+    with _errors():
+        found = _client().v1.customers.retrieve(customer)
+    invoice_settings = found.invoice_settings
+    method = invoice_settings.default_payment_method if invoice_settings else None
+    return method if isinstance(method, str) else (method.id if method else "")
+
+
+def customer_default_payment_method_set(*, customer: str, payment_method: str) -> None:
+    """Charge the customer's invoices to ``payment_method`` from now on."""
+    with _errors():
+        _client().v1.customers.update(
+            customer, params={"invoice_settings": {"default_payment_method": payment_method}}
+        )
+
+
+def payment_method_detach(*, payment_method: str) -> None:
+    """Remove a payment method from its customer; it can no longer be charged."""
+    with _errors():
+        _client().v1.payment_methods.detach(payment_method)
 
 
 def invoice_find(*, customer: str, invoice_id: int) -> str | None:

@@ -14,6 +14,10 @@ class DomainError(Exception):
         if code:
             self.code = code
 
+    def problem_members(self) -> dict:
+        """Return members the API's problem body carries besides the standard ones."""
+        return {}
+
 
 class NotAllowed(DomainError):
     status = 403

@@ -3,6 +3,10 @@
 The console has no inline script or style (behaviour lives in files under ``static/``), so
 one fixed policy serves every page and no nonce is needed. Django 5.2 has no CSP support of
 its own; this middleware is the whole of it.
+
+The one exception is Stripe.js, which Stripe requires be loaded from its own host: the pages
+that collect a card (``_STRIPE_PAGES``) also allow its script, its frames and its calls to
+Stripe's API, and no other page does.
 """
 
 from urllib.parse import urlsplit
@@ -13,6 +17,9 @@ from django.conf import settings
 # provider's consent and logout pages. Browsers check form-action along the redirect chain,
 # and those URIs are per client, so these pages carry no form-action.
 _REDIRECTING_FORMS = frozenset({"idp:oidc:authorization", "idp:oidc:logout"})
+
+# Pages that load Stripe.js to collect a card.
+_STRIPE_PAGES = frozenset({"org-billing"})
 
 # Nothing in the console uses these. Payment stays off: Stripe's checkout runs on Stripe's
 # own origin, which this header does not govern. WebAuthn sign-in asks on this origin only.
@@ -44,11 +51,39 @@ def sso_origins() -> list[str]:
     return sorted(origins)
 
 
-def content_security_policy(*, form_action: list[str] | None) -> str:
-    """Build the policy; without ``form_action`` the directive is left out."""
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def stripe_js_sources() -> dict[str, list[str]]:
+    """Return, per directive, the origins Stripe.js needs (Stripe's CSP guide), from the settings.
+
+    Its script (``STRIPE_JS_URL``), the frames it draws the card fields and 3-D Secure in,
+    and its calls to Stripe's API (``STRIPE_API_BASE``).
+    """
+    js = _origin(settings.STRIPE_JS_URL)
+    frames = [js, "https://hooks.stripe.com"]
+    if urlsplit(settings.STRIPE_JS_URL).hostname == "js.stripe.com":
+        # Stripe.js serves parts of itself from subdomains of its host.
+        frames.append("https://*.js.stripe.com")
+        scripts = [js, "https://*.js.stripe.com"]
+    else:
+        scripts = [js]
+    return {"script-src": scripts, "frame-src": frames, "connect-src": [_origin(settings.STRIPE_API_BASE)]}
+
+
+def content_security_policy(
+    *, form_action: list[str] | None, stripe: dict[str, list[str]] | None = None
+) -> str:
+    """Build the policy; without ``form_action`` the directive is left out.
+
+    ``stripe`` adds the origins Stripe.js needs (see ``stripe_js_sources``).
+    """
+    stripe = stripe or {}
     directives = [
         "default-src 'self'",
-        "script-src 'self'",
+        " ".join(["script-src 'self'", *stripe.get("script-src", [])]),
         "style-src 'self'",
         # data: images: Pico's form icons and the TOTP QR code.
         "img-src 'self' data:",
@@ -56,6 +91,9 @@ def content_security_policy(*, form_action: list[str] | None) -> str:
         "base-uri 'self'",
         "frame-ancestors 'none'",
     ]
+    if stripe:
+        directives.append(" ".join(["frame-src", *stripe["frame-src"]]))
+        directives.append(" ".join(["connect-src 'self'", *stripe["connect-src"]]))
     if form_action is not None:
         directives.append("form-action " + " ".join(form_action))
     return "; ".join(directives)
@@ -66,15 +104,21 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        self.policy = content_security_policy(form_action=["'self'", *sso_origins()])
+        self.form_action = ["'self'", *sso_origins()]
+        self.policy = content_security_policy(form_action=self.form_action)
         self.redirecting_policy = content_security_policy(form_action=None)
 
     def __call__(self, request):
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
-        redirecting = match is not None and match.view_name in _REDIRECTING_FORMS
-        response.headers.setdefault(
-            "Content-Security-Policy", self.redirecting_policy if redirecting else self.policy
-        )
+        view_name = match.view_name if match is not None else None
+        if view_name in _REDIRECTING_FORMS:
+            policy = self.redirecting_policy
+        elif view_name in _STRIPE_PAGES:
+            # Built per request: the Stripe settings are read when used, never at start-up.
+            policy = content_security_policy(form_action=self.form_action, stripe=stripe_js_sources())
+        else:
+            policy = self.policy
+        response.headers.setdefault("Content-Security-Policy", policy)
         response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
         return response

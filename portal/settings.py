@@ -254,6 +254,12 @@ STRIPE_API_BASE = env_url("STRIPE_API_BASE", "https://api.stripe.com", schemes=(
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 if STRIPE_WEBHOOK_SECRET and not STRIPE_WEBHOOK_SECRET.startswith("whsec_"):
     raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET must be an endpoint signing secret (whsec_...)")
+# Stripe.js collects card numbers in the browser, so they never reach this server. It is the
+# one script loaded from another host (Stripe requires it be loaded from Stripe's own).
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
+if STRIPE_PUBLISHABLE_KEY and not STRIPE_PUBLISHABLE_KEY.startswith("pk_"):
+    raise ImproperlyConfigured("STRIPE_PUBLISHABLE_KEY must be a publishable key (pk_...)")
+STRIPE_JS_URL = env_url("STRIPE_JS_URL", "https://js.stripe.com/v3/", schemes=("http", "https"))
 
 # --- REST API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -15,6 +15,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad request",
     401: "Unauthenticated",
+    402: "Payment required",
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
@@ -24,6 +25,8 @@ _TITLES = {
     422: "Unprocessable content",
     429: "Too many requests",
     500: "Server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
 }
 
 
@@ -125,7 +128,9 @@ def _problem_for(exc, context):
         errors = {exc.field: [exc.message]} if exc.field else None
         # A refused field reads like any other validation error, whichever layer refused it.
         code = "validation_error" if exc.field and exc.code == DomainError.code else exc.code
-        return problem(exc.status, code, exc.message, errors=errors)
+        response = problem(exc.status, code, exc.message, errors=errors)
+        response.data.update(exc.problem_members())
+        return response
     if isinstance(exc, Http404):
         return problem(404, "not_found", "Not found.")
     if isinstance(exc, PermissionDenied):

@@ -25,6 +25,7 @@ PROBLEMS = {
     for code, text in {
         400: "Invalid request (problem+json, per-field errors), or no organization named",
         401: "Not authenticated",
+        402: "The card was declined (problem+json with Stripe's decline_code)",
         403: "The role lacks the permission",
         404: "Not found, or another organization's",
         406: "The Accept header names no media type this operation answers",
@@ -32,6 +33,8 @@ PROBLEMS = {
         415: "The body is not JSON (see Content-Type)",
         422: "Idempotency-Key reused with a different request",
         429: "Rate limited; see Retry-After",
+        502: "Stripe refused or failed the call",
+        503: "Stripe could not be reached, or the invoice is being charged already; retry later",
     }.items()
 }
 ORG_HEADER = OpenApiParameter(

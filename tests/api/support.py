@@ -5,7 +5,7 @@ import base64
 from django.test import Client
 from rest_framework.fields import DateTimeField
 
-from billing.models import Invoice
+from billing.models import BillingDetails, Customer, Invoice
 from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret, ServiceAccount
 from portal.audit import Actor
@@ -185,6 +185,7 @@ def invoice_json(invoice: Invoice) -> dict:
         "currency": invoice.currency,
         "total_minor": invoice.total_minor,
         "no_charge_reason": invoice.no_charge_reason,
+        "hosted_invoice_url": invoice.hosted_invoice_url,
         "lines": [
             {
                 "position": line.position,
@@ -226,6 +227,9 @@ _TABLES = {
     "idempotencyrecord": lambda: IdempotencyRecord.objects.all(),
     "usageevent": lambda: UsageEvent.unscoped.all(),
     "usagerollup": lambda: UsageRollup.unscoped.all(),
+    "customer": lambda: Customer.objects.all(),
+    "billingdetails": lambda: BillingDetails.objects.all(),
+    "invoice": lambda: Invoice.objects.all(),
 }
 
 

@@ -80,6 +80,7 @@ def test_an_invoice_reads_with_its_lines_to_the_cent(world, invoices):
         "currency": "usd",
         "total_minor": 4903,
         "no_charge_reason": "",
+        "hosted_invoice_url": "",
         "lines": [
             {
                 "position": 1,

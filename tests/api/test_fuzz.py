@@ -39,7 +39,8 @@ from portal.models import AuditEvent
 from portal.roles import Role
 from tests.api.support import PROBLEM_CONTENT_TYPE, service_token
 
-pytestmark = pytest.mark.django_db
+# The billing operations talk to Stripe: the session's localstripe.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stripe_settings")]
 
 EXAMPLES_PER_OPERATION = 12  # for each generation mode and each credential
 # For each credential; past it (a loaded machine), each remaining operation gets one example.

@@ -18,9 +18,13 @@ from django.urls import resolve
 from django.utils import timezone
 from rest_framework.fields import DateTimeField
 
+from billing import stripe_adapter
 from billing.closing import invoice_store
+from billing.errors import PaymentDeclined
+from billing.models import BillingDetails, Invoice
 from billing.rating import Line, Rating
 from billing.selectors import plan_default
+from billing.services import customer_ensure, invoice_push
 from edge import keyformat
 from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret
@@ -48,7 +52,8 @@ from tests.api.support import (
 from usage import services as usage_services
 from usage.models import UsageEvent, UsageRollup
 
-pytestmark = pytest.mark.django_db
+# The billing operations talk to Stripe: the session's localstripe.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stripe_settings")]
 
 MISSING_ID = 2_000_000_000
 MISSING_KEY_ID = "key_00000000000000000000000000"
@@ -76,6 +81,41 @@ def _an_invoice(world, organization, owner) -> dict:
         rating=Rating((Line("fee", "", "", 1, None, 900, "Standard plan, October 2026"),)),
     )
     return {"params": {"invoice_id": invoice.public_id}, "invoice": invoice}
+
+
+def _stripe():
+    return stripe_adapter._client()
+
+
+def _cards(world, organization, owner) -> dict:
+    """A Stripe customer with Visa 4242 (the default) and a second card ending 0341."""
+    customer = customer_ensure(organization=organization).stripe_customer_id
+    first = _stripe().v1.payment_methods.attach("pm_card_visa", params={"customer": customer})
+    second = _stripe().v1.payment_methods.attach("pm_card_chargeCustomerFail", params={"customer": customer})
+    stripe_adapter.customer_default_payment_method_set(customer=customer, payment_method=first.id)
+    return {
+        "params": {"payment_method_id": second.id},
+        "customer": customer,
+        "first": first.id,
+        "second": second.id,
+    }
+
+
+def _an_open_invoice(world, organization, owner) -> dict:
+    """An invoice whose charge was declined, and a good card made the default since."""
+    arranged = _an_invoice(world, organization, owner)
+    cards = _cards(world, organization, owner)
+    stripe_adapter.customer_default_payment_method_set(
+        customer=cards["customer"], payment_method=cards["second"]
+    )
+    with pytest.raises(PaymentDeclined):
+        invoice_push(invoice=arranged["invoice"])
+    stripe_adapter.customer_default_payment_method_set(
+        customer=cards["customer"], payment_method=cards["first"]
+    )
+    arranged["invoice"].refresh_from_db()
+    assert arranged["invoice"].status == Invoice.Status.OPEN
+    return arranged
 
 
 def _a_member(world, organization, owner) -> dict:
@@ -364,6 +404,87 @@ def _check_invoices_list(ctx, response, changes):
 def _check_invoices_retrieve(ctx, response, changes):
     assert response.json() == invoice_json(ctx.invoice)
     assert changes == {}
+
+
+def _card_json(card_id: str, last4: str, is_default: bool) -> dict:
+    return {
+        "id": card_id,
+        "brand": "visa",
+        "last4": last4,
+        "exp_month": 12,
+        "exp_year": 2030,
+        "is_default": is_default,
+    }
+
+
+def _check_payment_methods_list(ctx, response, changes):
+    assert response.json() == [_card_json(ctx.first, "4242", True), _card_json(ctx.second, "0341", False)]
+    assert changes == {}
+
+
+def _check_payment_methods_set_default(ctx, response, changes):
+    assert response.json() == _card_json(ctx.second, "0341", True)
+    assert stripe_adapter.customer_default_payment_method(customer=ctx.customer) == ctx.second
+    assert changes == {"auditevent": {"added": 1}}
+    event = _audit_event(ctx, "billing.card_made_default")
+    assert (event.target_type, event.target_id, event.metadata) == (
+        "billing.card",
+        ctx.second,
+        {"brand": "visa", "last4": "0341"},
+    )
+
+
+def _check_payment_methods_remove(ctx, response, changes):
+    assert response.content == b""
+    assert [card.id for card in stripe_adapter.cards_list(customer=ctx.customer)] == [ctx.first]
+    assert changes == {"auditevent": {"added": 1}}
+    _audit_event(ctx, "billing.card_removed")
+
+
+DETAILS = {
+    "email": "ap@acme.example",
+    "company_name": "Acme GmbH",
+    "address_line1": "Hauptstraße 1",
+    "address_line2": "",
+    "city": "Berlin",
+    "postal_code": "10115",
+    "state": "",
+    "country": "DE",
+    "tax_id_type": "eu_vat",
+    "tax_id_value": "DE123456789",
+}
+
+
+def _check_billing_details_retrieve(ctx, response, changes):
+    assert response.json() == {name: "" for name in DETAILS} | {"updated_at": None}
+    assert changes == {}
+
+
+def _check_billing_details_update(ctx, response, changes):
+    details = BillingDetails.objects.get(organization=ctx.world.org)
+    assert response.json() == DETAILS | {"updated_at": iso(details.updated_at)}
+    assert (details.company_name, details.tax_id_value) == ("Acme GmbH", "DE123456789")
+    assert changes == {"customer": {"added": 1}, "billingdetails": {"added": 1}, "auditevent": {"added": 2}}
+    customer = _stripe().v1.customers.retrieve(customer_ensure(organization=ctx.world.org).stripe_customer_id)
+    assert (customer.email, customer.name, customer.address.city) == (
+        "ap@acme.example",
+        "Acme GmbH",
+        "Berlin",
+    )
+    _audit_event(ctx, "billing.details_updated")
+
+
+def _check_invoices_pay(ctx, response, changes):
+    invoice = Invoice.objects.get(pk=ctx.invoice.pk)
+    assert invoice.status == Invoice.Status.PAID
+    assert response.json() == invoice_json(invoice)
+    assert response.json()["hosted_invoice_url"].endswith(invoice.stripe_invoice_id)
+    assert changes == {"invoice": {"changed": 1}, "auditevent": {"added": 2}}
+    assert list(
+        AuditEvent.objects.filter(organization=ctx.world.org)
+        .order_by("-id")
+        .values_list("action", "actor_id")[:2]
+    ) == [("invoice.paid", None), ("invoice.pay_requested", ctx.caller.pk)]
 
 
 def _check_audit_events_list(ctx, response, changes):
@@ -706,6 +827,89 @@ OPERATIONS = (
         missing={"invoice_id": "inv_00000000000000000000000000"},
     ),
     Operation(
+        "invoices_pay",
+        "POST",
+        "/api/v1/invoices/{invoice_id}/pay",
+        Perm.BILLING_MANAGE,
+        200,
+        _check_invoices_pay,
+        arrange=_an_open_invoice,
+        missing={"invoice_id": "inv_00000000000000000000000000"},
+    ),
+    Operation(
+        "payment_methods_list",
+        "GET",
+        "/api/v1/payment-methods",
+        Perm.BILLING_VIEW,
+        200,
+        _check_payment_methods_list,
+        arrange=_cards,
+    ),
+    Operation(
+        "payment_methods_set_default",
+        "POST",
+        "/api/v1/payment-methods/{payment_method_id}/default",
+        Perm.BILLING_MANAGE,
+        200,
+        _check_payment_methods_set_default,
+        arrange=_cards,
+        missing={"payment_method_id": "pm_00000000000000"},
+    ),
+    Operation(
+        "payment_methods_remove",
+        "DELETE",
+        "/api/v1/payment-methods/{payment_method_id}",
+        Perm.BILLING_MANAGE,
+        204,
+        _check_payment_methods_remove,
+        arrange=_cards,
+        missing={"payment_method_id": "pm_00000000000000"},
+    ),
+    Operation(
+        "billing_details_retrieve",
+        "GET",
+        "/api/v1/billing/details",
+        Perm.BILLING_VIEW,
+        200,
+        _check_billing_details_retrieve,
+    ),
+    Operation(
+        "billing_details_update",
+        "PATCH",
+        "/api/v1/billing/details",
+        Perm.BILLING_MANAGE,
+        200,
+        _check_billing_details_update,
+        body=DETAILS,
+        invalid=(
+            Invalid(
+                "long country and bad email",
+                {
+                    "country": ["Ensure this field has no more than 2 characters."],
+                    "email": ["Enter a valid email address."],
+                },
+                body={"country": "Germany", "email": "nope"},
+            ),
+            Invalid(
+                "unknown tax id kind",
+                {"tax_id_type": ['"xx_vat" is not a valid choice.']},
+                body={"tax_id_type": "xx_vat", "tax_id_value": "1234"},
+            ),
+            Invalid(
+                "tax id kind without its number",
+                {"tax_id_value": ["A tax id needs both its kind and its number."]},
+                body={"tax_id_type": "eu_vat"},
+                detail="A tax id needs both its kind and its number.",
+            ),
+            Invalid(
+                "country not a code",
+                {"country": ["Use the two-letter country code (ISO 3166-1), e.g. DE."]},
+                body={"country": "1"},
+                detail="Use the two-letter country code (ISO 3166-1), e.g. DE.",
+            ),
+        ),
+    ),
+    Operation(
         "audit_events_list",
         "GET",
         "/api/v1/audit-events",
@@ -767,7 +971,7 @@ def test_the_table_covers_exactly_the_operations_in_the_openapi_document(schema)
     assert documented == {(op.path, op.method) for op in OPERATIONS}
     operation_ids = {op["operationId"] for ops in schema["paths"].values() for op in ops.values()}
     assert operation_ids == set(OPERATION_IDS)
-    assert len(OPERATION_IDS) == len(set(OPERATION_IDS)) == 21
+    assert len(OPERATION_IDS) == len(set(OPERATION_IDS)) == 27
 
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
@@ -797,6 +1001,12 @@ def test_role_table_refuses_something_to_every_role_but_owner_and_admin():
             "billing_upcoming_retrieve",
             "invoices_list",
             "invoices_retrieve",
+            "invoices_pay",
+            "payment_methods_list",
+            "payment_methods_set_default",
+            "payment_methods_remove",
+            "billing_details_retrieve",
+            "billing_details_update",
             "audit_events_list",
         ],
         "billing": [
@@ -825,6 +1035,10 @@ def test_role_table_refuses_something_to_every_role_but_owner_and_admin():
             "keys_rotate",
             "keys_revoke",
             "usage_events_create",
+            "invoices_pay",
+            "payment_methods_set_default",
+            "payment_methods_remove",
+            "billing_details_update",
         ],
     }
 

@@ -21,6 +21,10 @@ start it from a fixture. What this adds, each as real Stripe behaves:
   without ``Invoice.payment_intent`` report it); ``GET /v1/events?types[]=``;
 - ``DELETE /_config/webhooks/{id}``: stop sending events to an endpoint registered with
   ``POST /_config/webhooks/{id}``;
+- a finalized invoice has a ``hosted_invoice_url`` (Stripe's page for paying it);
+- a SetupIntent confirmed for a customer attaches its payment method to that customer (as
+  Stripe does, so that the card can be charged off-session and is listed on the customer);
+- ``GET /v1/payment_methods?customer=`` lists newest first, as Stripe does;
 - no pickle of the store in /tmp (each server keeps its data in memory, so that several
   servers can run side by side).
 """
@@ -42,6 +46,8 @@ from localstripe.resources import (
     InvoiceLineItem,
     List,
     PaymentIntent,
+    PaymentMethod,
+    SetupIntent,
     store,
     try_convert_to_bool,
 )
@@ -189,6 +195,7 @@ def invoice_finalize(id, auto_advance=None, **params):
 
 def _finalize(invoice) -> None:
     invoice._finalize()
+    invoice.hosted_invoice_url = f"https://invoice.stripe.com/i/acct_localstripe/{invoice.id}"
     schedule_webhook(Event("invoice.finalized", invoice))
 
 
@@ -319,6 +326,30 @@ async def forget_webhook(request):
     return web.Response()
 
 
+# --- SetupIntents save the card on their customer ---------------------------------------------
+
+_setup_intent_confirm = SetupIntent._api_confirm
+
+
+def setup_intent_confirm(id, **params):
+    intent = _setup_intent_confirm(id, **params)
+    if intent.status == "succeeded" and intent.customer and intent.payment_method:
+        PaymentMethod._api_retrieve(intent.payment_method).customer = intent.customer
+    return intent
+
+
+_payment_method_list = PaymentMethod._api_list_all
+
+
+def payment_method_list(url, **params):
+    found = _payment_method_list(url, **params)
+    found._list = found._list[::-1]
+    return found
+
+
+PaymentMethod._api_list_all = staticmethod(payment_method_list)
+
+
 # --- Invoice items on a given draft, with a period ------------------------------------------
 
 _pending_item_create = InvoiceItem._api_create
@@ -362,10 +393,13 @@ InvoiceItem._api_list_all = staticmethod(invoice_item_list)
 
 # --- Routes ---------------------------------------------------------------------------------
 
-# localstripe registered its own /pay at import; requests for it are served by ours instead.
+# localstripe registered its own routes for these at import; requests for them are served by ours.
 _REPLACED = {
     ("POST", "/v1/invoices/{id}/pay"): server.api_extra(invoice_pay, "/v1/invoices/{id}/pay"),
     ("POST", "/v1/invoices/{id}/void"): server.api_extra(invoice_void, "/v1/invoices/{id}/void"),
+    ("POST", "/v1/setup_intents/{id}/confirm"): server.api_extra(
+        setup_intent_confirm, "/v1/setup_intents/{id}/confirm"
+    ),
 }
 
 
