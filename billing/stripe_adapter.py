@@ -212,6 +212,15 @@ def setup_intent_create(*, customer: str, organization_id: int) -> SetupIntent:
         )
 
 
+def setup_intent_confirm(*, setup_intent: str, payment_method: str) -> SetupIntent:
+    """Confirm a SetupIntent from the server with a known payment method (Stripe's test cards,
+    such as ``pm_card_visa``; the demo seeds its cards this way)."""
+    with _errors():
+        return _setup_intent(
+            _client().v1.setup_intents.confirm(setup_intent, params={"payment_method": payment_method})
+        )
+
+
 def setup_intent_retrieve(*, setup_intent: str) -> SetupIntent:
     with _errors():
         return _setup_intent(_client().v1.setup_intents.retrieve(setup_intent))

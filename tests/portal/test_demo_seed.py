@@ -35,6 +35,7 @@ def expected_output(password: str, key_file=None) -> str:
     secret = key_file.read_text().strip() if key_file is not None else "{secret}"
     return (
         "Demo organization  Demo Inc  http://testserver/o/demo/\n"
+        "Past due (dunning) Overdue Ltd  http://testserver/o/demo-overdue/billing/\n"
         f"Owner (console)    {OWNER}  password: {password}\n"
         f"Staff (admin)      {ADMIN}  password: {password}  http://testserver/admin/\n"
         f"API key (edge)     {secret}  models: demo-chat, demo-embed\n"
@@ -87,34 +88,49 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
     assert key_file.stat().st_mode & 0o777 == 0o600
     secret = key_file.read_text().strip()
     assert secret.startswith("tg_live_")
-    assert ApiKeySecret.objects.get().secret_hash == secret_hash(secret)
+    assert ApiKeySecret.objects.get(key__name="Demo key").secret_hash == secret_hash(secret)
     assert database_rows() == after_first
 
     owner = User.objects.get(email=OWNER)
     admin = User.objects.get(email=ADMIN)
-    organization = Organization.objects.get()
+    organization = Organization.objects.get(slug="demo")
+    overdue = Organization.objects.get(slug="demo-overdue")
     assert [row[1:] for row in after_first["users"]] == [
         (ADMIN, admin.password, True, True, True),
         (OWNER, owner.password, True, False, False),
     ]
     assert owner.check_password(password)
     assert admin.check_password(password)
-    assert [row[1:] for row in after_first["organizations"]] == [("demo", "Demo Inc", "active")]
-    assert [row[1:] for row in after_first["memberships"]] == [(OWNER, "demo", "owner")]
+    assert [row[1:] for row in after_first["organizations"]] == [
+        ("demo", "Demo Inc", "active"),
+        ("demo-overdue", "Overdue Ltd", "active"),
+    ]
+    assert [row[1:] for row in after_first["memberships"]] == [
+        (OWNER, "demo", "owner"),
+        (OWNER, "demo-overdue", "owner"),
+    ]
     assert [row[1:] for row in after_first["emails"]] == [
         (ADMIN, ADMIN, True, True),
         (OWNER, OWNER, True, True),
     ]
-    key = ApiKey.unscoped.get()
+    key = ApiKey.unscoped.get(name="Demo key")
+    overdue_key = ApiKey.unscoped.get(name="Overdue key")
     prices = ModelPrice.objects.order_by("model")
+    invoices = {invoice.organization_id: invoice.public_id for invoice in Invoice.objects.all()}
     assert [row[1:] for row in after_first["audit"]] == [
         ("organization.created", OWNER, str(organization.pk)),
         ("key.created", OWNER, key.public_id),
         ("price.set", OWNER, str(prices[0].pk)),
         ("price.set", OWNER, str(prices[1].pk)),
-        ("invoice.built", "system", Invoice.objects.get().public_id),
+        ("organization.created", OWNER, str(overdue.pk)),
+        ("key.created", OWNER, overdue_key.public_id),
+        ("invoice.built", "system", invoices[organization.pk]),
+        ("invoice.built", "system", invoices[overdue.pk]),
     ]
-    assert [row[1:] for row in after_first["keys"]] == [("Demo key", ["demo-*"], 600)]
+    assert sorted(row[1:] for row in after_first["keys"]) == [
+        ("Demo key", ["demo-*"], 600),
+        ("Overdue key", [], None),
+    ]
     assert [row[1:] for row in after_first["prices"]] == [
         ("demo-chat", Decimal("150.000000")),
         ("demo-embed", Decimal("150.000000")),
@@ -127,10 +143,10 @@ def test_seed_gives_the_demo_last_months_closed_invoice_and_this_months_usage(tm
     seed(tmp_path / "demo_password")
     seed(tmp_path / "demo_password")
 
-    organization = Organization.objects.get()
+    organization = Organization.objects.get(slug="demo")
     this_month = month_start(timezone.now().date())
     last_month = add_months(this_month, -1)
-    invoice = Invoice.objects.get()
+    invoice = Invoice.objects.get(organization=organization)
     assert (invoice.organization, invoice.period, invoice.status) == (organization, last_month, "draft")
     assert ClosedPeriod.objects.filter(period=last_month).exists()
     lines = list(invoice.lines.values_list("model", "tokens", "quantity", "amount_minor"))
@@ -181,7 +197,7 @@ def test_seed_mints_a_new_demo_secret_when_the_stored_one_is_lost(tmp_path, monk
     second_secret = key_file.read_text().strip()
     assert second_secret != first_secret
     assert output == expected_output("chosen-demo-password-9", key_file)
-    key = ApiKey.unscoped.get()
+    key = ApiKey.unscoped.get(name="Demo key")
     assert [s.secret_hash for s in key.secrets.live()] == [secret_hash(second_secret)]
 
 
@@ -212,7 +228,7 @@ def test_seed_restores_the_printed_password_after_it_was_changed(tmp_path, monke
     owner.refresh_from_db()
     assert owner.check_password(password)
     assert User.objects.count() == 2
-    assert Organization.objects.count() == 1
+    assert Organization.objects.count() == 2
 
 
 def test_seeded_owner_logs_in_to_the_demo_organization(client, tmp_path, monkeypatch):
@@ -261,3 +277,33 @@ def test_seed_refuses_a_demo_organization_that_belongs_to_someone_else(tmp_path,
     )
     assert list(User.objects.values_list("email", flat=True)) == ["stranger@example.com"]
     assert list(Organization.objects.values_list("slug", "name")) == [("demo", "Not the demo")]
+
+
+@pytest.mark.clock
+def test_seed_with_stripe_pays_the_demo_invoice_and_leaves_the_overdue_organization_past_due(
+    tmp_path, monkeypatch, stripe_settings, stripe_api, django_capture_on_commit_callbacks
+):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        seed(tmp_path / "demo_password")
+    with django_capture_on_commit_callbacks(execute=True):
+        seed(tmp_path / "demo_password")  # again: no second card, no second charge
+
+    demo = Organization.objects.get(slug="demo")
+    overdue = Organization.objects.get(slug="demo-overdue")
+    paid = Invoice.objects.get(organization=demo)
+    unpaid = Invoice.objects.get(organization=overdue)
+    assert (paid.status, unpaid.status) == ("paid", "open")
+    assert (demo.status, overdue.status, overdue.status_reason) == ("active", "past_due", "billing")
+    for organization, brand_last4 in ((demo, "4242"), (overdue, "0341")):
+        customer = organization_customer(organization)
+        cards = stripe_api.v1.payment_methods.list(params={"customer": customer, "type": "card"}).data
+        assert [card.card.last4 for card in cards] == [brand_last4]
+    charges = stripe_api.v1.charges.list(params={"customer": organization_customer(demo)}).data
+    assert [(charge.status, charge.amount) for charge in charges] == [("succeeded", paid.total_minor)]
+
+
+def organization_customer(organization) -> str:
+    from billing.models import Customer
+
+    return Customer.objects.get(organization=organization).stripe_customer_id

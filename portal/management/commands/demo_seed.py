@@ -86,6 +86,12 @@ def _organization_ensure(*, owner: User) -> Organization:
 
 DEMO_KEY_NAME = "Demo key"
 DEMO_MODELS = ("demo-chat", "demo-embed")
+OVERDUE_NAME = "Overdue Ltd"
+OVERDUE_SLUG = "demo-overdue"
+OVERDUE_KEY_NAME = "Overdue key"
+# Stripe's test cards: one that pays, one that is declined.
+GOOD_CARD = "pm_card_visa"
+DECLINED_CARD = "pm_card_chargeCustomerFail"
 
 
 def _write_secret(path: Path, secret: str) -> None:
@@ -148,18 +154,16 @@ def _demo_prices_ensure(*, owner: User) -> None:
 DEMO_HOURLY_USAGE = [("demo-chat", 420_000, 120_000, 96_000), ("demo-embed", 900_000, 0, 0)]
 
 
-def _demo_usage_ensure(*, organization: Organization) -> None:
-    """Give the demo last month's usage (closed into an invoice) and this month's so far."""
-    from billing.closing import invoice_close_period
+def _demo_usage_ensure(*, organization: Organization, key_name: str, scale: int) -> None:
+    """Give an organization last month's usage and this month's so far (once)."""
     from keys.models import ApiKey
     from usage.models import UsageRollup
 
     now = timezone.now()
-    this_month = month_start(now.date())
-    last_month = add_months(this_month, -1)
+    last_month = add_months(month_start(now.date()), -1)
     if UsageRollup.unscoped.filter(organization=organization, billed_period__gte=last_month).exists():
         return
-    key = ApiKey.objects.for_organization(organization).get(name=DEMO_KEY_NAME, revoked_at=None)
+    key = ApiKey.objects.for_organization(organization).get(name=key_name, revoked_at=None)
     hour = datetime.combine(last_month, time(9), tzinfo=UTC)
     rows = []
     while hour < now - timedelta(hours=1):
@@ -171,16 +175,61 @@ def _demo_usage_ensure(*, organization: Organization) -> None:
                     model=model,
                     hour=hour,
                     billed_period=month_start(hour.date()),
-                    requests=60,
-                    input_tokens=input_tokens,
-                    cached_tokens=cached,
-                    output_tokens=output,
+                    requests=60 // scale,
+                    input_tokens=input_tokens // scale,
+                    cached_tokens=cached // scale,
+                    output_tokens=output // scale,
                 )
                 for model, input_tokens, cached, output in DEMO_HOURLY_USAGE
             )
         hour += timedelta(hours=1)
     UsageRollup.unscoped.bulk_create(rows)
-    invoice_close_period(period=last_month)
+
+
+def _overdue_organization_ensure(*, owner: User) -> Organization:
+    """A second organization of the demo owner whose card is declined: it shows dunning."""
+    from keys import services as key_services
+    from keys.models import ApiKey
+
+    organization = Organization.objects.filter(slug=OVERDUE_SLUG).first()
+    if organization is None:
+        organization = services.organization_create(
+            actor=Actor(user=owner), name=OVERDUE_NAME, slug=OVERDUE_SLUG
+        )
+    if not ApiKey.objects.for_organization(organization).filter(name=OVERDUE_KEY_NAME).exists():
+        key_services.api_key_create(actor=Actor(user=owner), organization=organization, name=OVERDUE_KEY_NAME)
+    return organization
+
+
+def _last_month_close() -> None:
+    """Close last month once, so that the demo shows its invoices."""
+    from billing.closing import invoice_close_period
+    from usage.models import ClosedPeriod
+
+    last_month = add_months(month_start(timezone.now().date()), -1)
+    if not ClosedPeriod.objects.filter(period=last_month).exists():
+        invoice_close_period(period=last_month)
+
+
+def _demo_stripe_ensure(*, owner: User, organization: Organization, card: str) -> None:
+    """Put ``card`` on file in Stripe (once) and charge the organization's draft invoices to it."""
+    from billing import services as billing_services
+    from billing import stripe_adapter
+    from billing.errors import PaymentDeclined
+    from billing.models import Invoice
+
+    customer = billing_services.customer_ensure(organization=organization).stripe_customer_id
+    if not stripe_adapter.cards_list(customer=customer):
+        intent = billing_services.payment_method_setup_start(organization=organization)
+        stripe_adapter.setup_intent_confirm(setup_intent=intent.id, payment_method=card)
+        billing_services.payment_method_add(
+            actor=Actor(user=owner), organization=organization, setup_intent_id=intent.id
+        )
+    for invoice in Invoice.objects.filter(organization=organization, status=Invoice.Status.DRAFT):
+        try:
+            billing_services.invoice_push(invoice=invoice)
+        except PaymentDeclined:
+            pass  # the overdue organization's card is meant to be declined: it is now past due
 
 
 class Command(BaseCommand):
@@ -209,11 +258,19 @@ class Command(BaseCommand):
                 organization = _organization_ensure(owner=owner)
                 api_key = _demo_key_ensure(owner=owner, organization=organization, path=key_file)
                 _demo_prices_ensure(owner=owner)
-                _demo_usage_ensure(organization=organization)
+                overdue = _overdue_organization_ensure(owner=owner)
+                _demo_usage_ensure(organization=organization, key_name=DEMO_KEY_NAME, scale=1)
+                _demo_usage_ensure(organization=overdue, key_name=OVERDUE_KEY_NAME, scale=10)
+                _last_month_close()
+            # Stripe (localstripe in the demo) after the commit: each Stripe id is stored as it returns.
+            if settings.STRIPE_SECRET_KEY:
+                _demo_stripe_ensure(owner=owner, organization=organization, card=GOOD_CARD)
+                _demo_stripe_ensure(owner=owner, organization=overdue, card=DECLINED_CARD)
         except DomainError as error:
             raise CommandError(error.message) from error
         self.stdout.write(
             f"Demo organization  {organization.name}  {settings.SITE_URL}/o/{organization.slug}/\n"
+            f"Past due (dunning) {overdue.name}  {settings.SITE_URL}/o/{overdue.slug}/billing/\n"
             f"Owner (console)    {OWNER_EMAIL}  password: {password}\n"
             f"Staff (admin)      {ADMIN_EMAIL}  password: {password}  {settings.SITE_URL}/admin/\n"
             f"API key (edge)     {api_key}  models: {', '.join(DEMO_MODELS)}"
