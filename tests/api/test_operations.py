@@ -30,7 +30,7 @@ from keys import services as key_services
 from keys.models import ApiKey, ApiKeySecret
 from portal import services as portal_services
 from portal.audit import Actor
-from portal.models import AuditEvent, Invitation, Membership
+from portal.models import AuditEvent, Invitation, Membership, Organization
 from portal.roles import ROLE_PERMISSIONS, Perm, Role
 from tests.api.support import (
     assert_matches_schema,
@@ -479,12 +479,19 @@ def _check_invoices_pay(ctx, response, changes):
     assert invoice.status == Invoice.Status.PAID
     assert response.json() == invoice_json(invoice)
     assert response.json()["hosted_invoice_url"].endswith(invoice.stripe_invoice_id)
-    assert changes == {"invoice": {"changed": 1}, "auditevent": {"added": 2}}
+    # The declined charge had put the organization past due: paying ends that and restores it.
+    assert changes == {"invoice": {"changed": 1}, "organization": {"changed": 1}, "auditevent": {"added": 4}}
     assert list(
         AuditEvent.objects.filter(organization=ctx.world.org)
         .order_by("-id")
-        .values_list("action", "actor_id")[:2]
-    ) == [("invoice.paid", None), ("invoice.pay_requested", ctx.caller.pk)]
+        .values_list("action", "actor_id")[:4]
+    ) == [
+        ("organization.status_changed", None),
+        ("dunning.ended", None),
+        ("invoice.paid", None),
+        ("invoice.pay_requested", ctx.caller.pk),
+    ]
+    assert Organization.objects.get(pk=ctx.world.org.pk).status == Organization.Status.ACTIVE
 
 
 def _check_audit_events_list(ctx, response, changes):

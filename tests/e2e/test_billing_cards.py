@@ -72,7 +72,34 @@ def test_an_owner_adds_a_card_with_stripe_js_and_pays_the_open_invoice(
     default = stripe_api.v1.customers.retrieve(customer).invoice_settings.default_payment_method
     assert [card.card.last4 for card in cards if card.id == default] == ["4242"]
 
-    # The open invoice, paid from the page.
+    # The organization was past due: the new card is charged at once, and the invoice is paid.
+    page.reload()
+    entry = page.locator(f"#invoice-{invoice.public_id}")
+    expect(entry.locator("[data-status]")).to_have_text("Paid")
+    assert Invoice.objects.get(pk=invoice.pk).status == Invoice.Status.PAID
+    assert stripe_api.v1.invoices.retrieve(invoice.stripe_invoice_id).status == "paid"
+
+    assert reports == []
+
+
+def test_an_open_invoice_is_paid_from_the_page_with_pay_now(
+    new_context, live_server, stripe_js, billed_month, stripe_customer, stripe_api
+):
+    organization, owner, invoice = billed_month
+    customer = stripe_customer(organization, owner, card="pm_card_chargeCustomerFail")
+    with pytest.raises(PaymentDeclined):
+        invoice_push(invoice=invoice)
+    # A good card made the default in Stripe itself (the dashboard, say): nothing charged it yet.
+    good = stripe_api.v1.payment_methods.attach("pm_card_visa", params={"customer": customer})
+    stripe_api.v1.customers.update(customer, params={"invoice_settings": {"default_payment_method": good.id}})
+    context = new_context()
+    context.add_init_script(_LISTEN)
+    page = context.new_page()
+    reports: list[str] = []
+    page.on("console", lambda message: _REPORTS.search(message.text) and reports.append(message.text))
+    log_in(page, live_server.url, owner.email)
+    page.goto(f"{live_server.url}/o/{organization.slug}/billing/")
+
     entry = page.locator(f"#invoice-{invoice.public_id}")
     entry.locator("summary").click()
     expect(entry.get_by_role("link", name="View on Stripe")).to_have_attribute(
