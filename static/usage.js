@@ -1,21 +1,24 @@
 // Usage charts: every <canvas data-chart="kind" data-source="id"> is drawn with Chart.js from
 // the JSON that the page embeds in <script id="id" type="application/json"> (json_script).
-// Kinds: "requests" and "tokens" (stacked by model), "overview" (requests and tokens per day).
+// Kinds: "requests" and "tokens" (stacked by model), "overview" (requests by model and all tokens
+// per day). Each model comes with its colour (usage/colors.py), the same on every page; an element
+// with data-color (a legend swatch) is painted with it.
 "use strict";
 
 (() => {
-  const PALETTE = [
-    [37, 99, 235], [234, 88, 12], [22, 163, 74], [219, 39, 119], [124, 58, 237],
-    [8, 145, 178], [202, 138, 4], [220, 38, 38], [71, 85, 105], [101, 163, 13],
-  ];
   const number = new Intl.NumberFormat();
+  const TOKENS_COLOR = "#334155";
 
-  const color = (index, alpha = 1) => {
-    const [r, g, b] = PALETTE[index % PALETTE.length];
+  // "#rrggbb" at an opacity, for the output half of a token stack.
+  const faded = (hex, alpha) => {
+    const [r, g, b] = [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
     return `rgba(${r}, ${g}, ${b}, ${alpha})`;
   };
 
   const sum = (arrays, length) => Array.from({ length }, (_, i) => arrays.reduce((total, values) => total + values[i], 0));
+
+  // Counts are whole: no tick at 0.5 requests.
+  const countTicks = { precision: 0, callback: (value) => number.format(value) };
 
   const baseOptions = () => ({
     responsive: true,
@@ -30,7 +33,7 @@
     },
     scales: {
       x: { stacked: true, ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12 }, grid: { display: false } },
-      y: { stacked: true, beginAtZero: true, ticks: { callback: (value) => number.format(value) } },
+      y: { stacked: true, beginAtZero: true, ticks: countTicks },
     },
   });
 
@@ -40,10 +43,10 @@
         type: "bar",
         data: {
           labels: data.labels,
-          datasets: data.models.map((series, index) => ({
+          datasets: data.models.map((series) => ({
             label: series.model,
             data: series.requests,
-            backgroundColor: color(index),
+            backgroundColor: series.color,
           })),
         },
         options: baseOptions(),
@@ -56,14 +59,14 @@
         type: "bar",
         data: {
           labels: data.labels,
-          datasets: data.models.flatMap((series, index) => [
-            { label: `${series.model} · input`, data: series.input_tokens, stack: "input", backgroundColor: color(index) },
+          datasets: data.models.flatMap((series) => [
+            { label: `${series.model} · input`, data: series.input_tokens, stack: "input", backgroundColor: series.color },
             {
               label: `${series.model} · output`,
               data: series.output_tokens,
               stack: "output",
-              backgroundColor: color(index, 0.45),
-              borderColor: color(index),
+              backgroundColor: faded(series.color, 0.45),
+              borderColor: series.color,
               borderWidth: 1,
             },
           ]),
@@ -76,14 +79,14 @@
       const length = data.labels.length;
       const options = baseOptions();
       options.scales = {
-        x: { grid: { display: false }, ticks: { maxRotation: 0 } },
-        y: { beginAtZero: true, title: { display: true, text: "Requests" }, ticks: options.scales.y.ticks },
+        x: { stacked: true, grid: { display: false }, ticks: { maxRotation: 0 } },
+        y: { stacked: true, beginAtZero: true, title: { display: true, text: "Requests" }, ticks: countTicks },
         tokens: {
           position: "right",
           beginAtZero: true,
           title: { display: true, text: "Tokens" },
           grid: { drawOnChartArea: false },
-          ticks: options.scales.y.ticks,
+          ticks: countTicks,
         },
       };
       return {
@@ -91,14 +94,20 @@
         data: {
           labels: data.labels,
           datasets: [
-            { label: "Requests", data: sum(data.models.map((s) => s.requests), length), backgroundColor: color(0, 0.8), yAxisID: "y" },
+            ...data.models.map((series) => ({
+              label: series.model,
+              data: series.requests,
+              backgroundColor: series.color,
+              yAxisID: "y",
+            })),
             {
               type: "line",
               label: "Tokens",
               data: sum(data.models.flatMap((s) => [s.input_tokens, s.output_tokens]), length),
-              borderColor: color(1),
-              backgroundColor: color(1),
-              tension: 0.25,
+              borderColor: TOKENS_COLOR,
+              backgroundColor: TOKENS_COLOR,
+              // Straight segments: a curve would dip below zero next to a day without tokens.
+              tension: 0,
               yAxisID: "tokens",
             },
           ],
@@ -107,6 +116,10 @@
       };
     },
   };
+
+  for (const swatch of document.querySelectorAll("[data-color]")) {
+    swatch.style.backgroundColor = swatch.dataset.color;
+  }
 
   for (const canvas of document.querySelectorAll("canvas[data-chart]")) {
     const source = document.getElementById(canvas.dataset.source);

@@ -12,11 +12,13 @@ from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
 
+from billing.selectors import usage_costs
 from keys.selectors import api_key_get
 from portal.console import OrganizationMixin
 from portal.errors import DomainError
 from portal.roles import Perm
 from usage import selectors
+from usage.colors import model_color
 from usage.export import usage_csv_response, usage_rows
 
 PRESETS = {
@@ -25,8 +27,8 @@ PRESETS = {
     "30d": ("Last 30 days", timedelta(days=30)),
 }
 DEFAULT_PRESET = "7d"
-# The API refuses hourly rows beyond 31 days; the page follows the same rule.
-HOURLY_MAX_SPAN = timedelta(days=31)
+# Up to two days a chart is by hour; beyond, by day, so that a week is seven bars, not 168.
+HOURLY_MAX_SPAN = timedelta(hours=48)
 MAX_SPAN = timedelta(days=366 * 2)
 CHART_METRICS = ("requests", "input_tokens", "output_tokens")
 EXPORT_GROUPS = ("model", "key")
@@ -46,14 +48,19 @@ class UsageWindow:
 
     @classmethod
     def for_preset(cls, preset: str, *, now: datetime) -> "UsageWindow":
+        span = PRESETS[preset][1]
+        if span > HOURLY_MAX_SPAN:
+            # Charted by day, so whole days: today and the days before it, none cut in two.
+            today = now.date()
+            return cls.for_days(today - timedelta(days=span.days - 1), today, preset=preset)
         # Up to the end of the current hour, so the hour in progress is on the chart.
         end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        return cls.around(end - PRESETS[preset][1], end, preset=preset)
+        return cls.around(end - span, end, preset=preset)
 
     @classmethod
-    def for_days(cls, first: date, last: date) -> "UsageWindow":
+    def for_days(cls, first: date, last: date, preset: str = "") -> "UsageWindow":
         """Cover whole UTC days, ``first`` to ``last`` inclusive."""
-        return cls.around(_midnight(first), _midnight(last + timedelta(days=1)))
+        return cls.around(_midnight(first), _midnight(last + timedelta(days=1)), preset=preset)
 
     @classmethod
     def around(cls, start: datetime, end: datetime, preset: str = "") -> "UsageWindow":
@@ -67,6 +74,12 @@ class UsageWindow:
     @property
     def last_day(self) -> date:
         return (self.end - timedelta(microseconds=1)).date()
+
+    def periods(self) -> list[datetime]:
+        """Return the start of every hour or day of the window, the chart's buckets."""
+        step = timedelta(hours=1) if self.granularity == "hour" else timedelta(days=1)
+        count = (self.end - self.start) // step
+        return [self.start + step * position for position in range(count)]
 
     def query(self) -> dict[str, str]:
         """Return the URL parameters that select this window again."""
@@ -131,17 +144,14 @@ class UsageFilterForm(forms.Form):
 
 
 def usage_chart(*, organization, window: UsageWindow, key_id: int | None = None) -> dict:
-    """Return requests and tokens per model for every period of the window, zero-filled.
+    """Return requests and tokens per model for every period of the window, zero-filled: a
+    period without usage is a zero, never a gap a line would be drawn across.
 
     The shape is what ``static/usage.js`` draws: ``labels`` (UTC), ``periods`` (ISO 8601) and
-    one entry per model, busiest first, each metric a list aligned with ``periods``.
+    one entry per model, busiest first, with its colour and each metric a list aligned with
+    ``periods``.
     """
-    step = timedelta(hours=1) if window.granularity == "hour" else timedelta(days=1)
-    periods = []
-    period = window.start
-    while period < window.end:
-        periods.append(period)
-        period += step
+    periods = window.periods()
     index = {period: position for position, period in enumerate(periods)}
     by_model: dict[str, dict[str, list[int]]] = {}
     for row in selectors.usage_series(
@@ -163,8 +173,34 @@ def usage_chart(*, organization, window: UsageWindow, key_id: int | None = None)
         "granularity": window.granularity,
         "labels": [period.strftime(label_format) for period in periods],
         "periods": [period.isoformat() for period in periods],
-        "models": [{"model": model, **by_model[model]} for model in models],
+        "models": [{"model": model, "color": model_color(model), **by_model[model]} for model in models],
     }
+
+
+def usage_by_model(*, organization, window: UsageWindow, chart: dict, key_id: int | None = None) -> dict:
+    """Return each charted model's requests, tokens and cost over the window, in the chart's order.
+
+    A window over plans of two currencies has no single cost: its rows carry ``cost_minor``
+    ``None`` and ``cost_error`` says why, and the rest of the page still shows.
+    """
+    try:
+        costs = usage_costs(
+            organization=organization, start=window.start, end=window.end, group_by=("model",), key_id=key_id
+        )
+    except DomainError as error:
+        costs, cost_error = None, error.message
+    else:
+        cost_error = ""
+    rows = [
+        {
+            "model": series["model"],
+            "color": series["color"],
+            **{metric: sum(series[metric]) for metric in CHART_METRICS},
+            "cost_minor": costs.by_group.get((series["model"],), 0) if costs else None,
+        }
+        for series in chart["models"]
+    ]
+    return {"rows": rows, "currency": costs.currency if costs else "", "cost_error": cost_error}
 
 
 def usage_summary(*, organization, window: UsageWindow, key_id: int | None = None, top: int) -> dict:
@@ -180,12 +216,7 @@ def usage_summary(*, organization, window: UsageWindow, key_id: int | None = Non
 def dashboard_usage(*, organization, now: datetime) -> dict:
     """Return the dashboard's usage panel: the last seven UTC days, by day, and the top keys."""
     today = now.date()
-    # Bars by day, although the usage page would show a week by hour.
-    window = UsageWindow(
-        start=_midnight(today - timedelta(days=DASHBOARD_DAYS - 1)),
-        end=_midnight(today + timedelta(days=1)),
-        granularity="day",
-    )
+    window = UsageWindow.for_days(today - timedelta(days=DASHBOARD_DAYS - 1), today)
     summary = usage_summary(organization=organization, window=window, top=DASHBOARD_TOP_KEYS)
     usage_url = reverse("org-usage", args=[organization.slug])
     for row in summary["top_keys"]:
@@ -211,6 +242,12 @@ class UsageView(OrganizationMixin, TemplateView):
         summary = usage_summary(
             organization=self.organization, window=window, key_id=key.pk if key else None, top=TOP_KEYS
         )
+        by_model = usage_by_model(
+            organization=self.organization,
+            window=window,
+            chart=summary["chart"],
+            key_id=key.pk if key else None,
+        )
         for row in summary["top_keys"]:
             row["url"] = "?" + urlencode({**window.query(), "key": row["key_public_id"]})
         query = {**window.query(), **({"key": key.public_id} if key else {})}
@@ -231,6 +268,7 @@ class UsageView(OrganizationMixin, TemplateView):
             all_keys_query=urlencode(window.query()),
             csv_url=f"{reverse('org-usage-export', args=[self.organization.slug])}?{urlencode(query)}",
             api_csv_url=request.build_absolute_uri(f"{reverse('api-usage')}?{urlencode(api_query)}"),
+            by_model=by_model,
             **summary,
         )
         return self.render_to_response(context)

@@ -3,9 +3,11 @@ in minor units, one rounding per row (never the events' cost field)."""
 
 import csv
 import io
+import re
 from datetime import UTC, date, datetime
 
 import pytest
+from django.urls import reverse
 
 from billing.models import Plan, PlanAssignment
 from billing.services import model_price_set, plan_price_set
@@ -179,3 +181,45 @@ def test_a_range_over_plans_in_two_currencies_is_refused(tenant):
 
     message = "This range spans plans in different currencies; choose a range within one of them."
     assert_problem(response, 400, "validation_error", message, {"start": [message]})
+
+
+def _by_model_cells(content: str) -> list[tuple[str, str, str]]:
+    """Read the usage page's per-model table: (model, cost_minor, cost as shown)."""
+    return re.findall(r'<tr data-model="([^"]+)">.*?data-cost-minor="([^"]*)">([^<]*)</td>', content, re.S)
+
+
+def test_usage_page_shows_tokens_and_cost_per_model(client, tenant, priced):
+    client.force_login(tenant.owner)
+    response = client.get(
+        reverse("org-usage", args=[tenant.org.slug]), {"start": "2026-10-31", "end": "2026-10-31"}
+    )
+
+    assert response.status_code == 200
+    by_model = response.context["by_model"]
+    # One rounding per model: 93.001 + 100.001 + 0.5 + 1 = 194.502 cents for "m".
+    assert [
+        (row["model"], row["requests"], row["input_tokens"], row["output_tokens"], row["cost_minor"])
+        for row in by_model["rows"]
+    ] == [("m", 4, 1_503_505, 2_001, 195), ("free", 1, 0, 1_000_000, 0)]
+    assert (by_model["currency"], by_model["cost_error"]) == ("usd", "")
+    assert _by_model_cells(response.content.decode()) == [("m", "195", "1.95 USD"), ("free", "0", "0.00 USD")]
+
+
+def test_usage_page_over_two_currencies_shows_usage_without_cost(client, tenant):
+    key = tenant.key("build")
+    euro = Plan.objects.create(name="Euro", currency="eur")
+    PlanAssignment.objects.create(organization=tenant.org, plan=euro, period=NOVEMBER)
+    rollup(tenant, key, "m", at(10), input_=1)
+    rollup(tenant, key, "m", datetime(2026, 11, 1, 1, tzinfo=UTC), period=NOVEMBER, input_=1)
+    client.force_login(tenant.owner)
+
+    response = client.get(
+        reverse("org-usage", args=[tenant.org.slug]), {"start": "2026-10-31", "end": "2026-11-01"}
+    )
+
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert _by_model_cells(content) == [("m", "", "—")]
+    message = "This range spans plans in different currencies; choose a range within one of them."
+    assert f'<p class="muted" id="usage-cost-error"><small>{message}</small></p>' in content
+    assert response.context["totals"]["requests"] == 2
