@@ -22,6 +22,15 @@ QWEN = "qwen-2.5-72b"
 CSV_HEADER = "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests,cost_minor,currency"
 DATASETS = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.map((dataset) => dataset.label)"
 SUM = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.flatMap((d) => d.data).reduce((a, b) => a + b, 0)"
+LABELS = "(id) => Chart.getChart(document.getElementById(id)).data.labels"
+# The value of every tick Chart.js drew on the chart's count axes (requests, tokens).
+TICKS = """(id) => {
+  const scales = Chart.getChart(document.getElementById(id)).scales;
+  return Object.keys(scales).filter((axis) => axis !== "x").flatMap((axis) => scales[axis].ticks.map((t) => t.value));
+}"""
+# Each model's colour as the chart drew it, the token line left out.
+COLORS = """(id) => Object.fromEntries(Chart.getChart(document.getElementById(id)).data.datasets
+  .filter((d) => d.label !== "Tokens").map((d) => [d.label, d.backgroundColor]))"""
 
 
 @pytest.fixture
@@ -56,6 +65,18 @@ def acme():
     return organization, keys
 
 
+def _assert_whole_ticks(page, canvas_id: str) -> None:
+    ticks = page.evaluate(TICKS, canvas_id)
+    assert ticks
+    assert [tick for tick in ticks if tick != int(tick)] == []
+
+
+def _rgb(hex_color: str) -> str:
+    """Return ``#rrggbb`` as a browser reports a computed colour."""
+    red, green, blue = (int(hex_color[at : at + 2], 16) for at in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"
+
+
 def _wait_for_chart(page, canvas_id: str) -> None:
     page.wait_for_function(
         "(id) => window.Chart !== undefined && Chart.getChart(document.getElementById(id)) !== undefined",
@@ -70,9 +91,15 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
     page.locator("aside.sidenav").get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
 
-    # The default week: both charts drawn, one dataset per model (two per model for tokens).
+    # The default week: both charts drawn by day, seven whole days, one dataset per model (two
+    # per model for tokens), whole numbers on every axis.
     _wait_for_chart(page, "chart-requests")
     _wait_for_chart(page, "chart-tokens")
+    today = timezone.now().date()
+    week = [(today - timedelta(days=6 - n)).isoformat() for n in range(7)]
+    assert page.evaluate(LABELS, "chart-requests") == week
+    assert page.evaluate(LABELS, "chart-tokens") == week
+    expect(page.locator("#usage-window")).to_contain_text("by day")
     assert page.evaluate("typeof window.Chart") == "function"
     assert page.evaluate(DATASETS, "chart-requests") == [LLAMA, QWEN]
     assert page.evaluate(DATASETS, "chart-tokens") == [
@@ -85,6 +112,14 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
     assert page.evaluate(SUM, "chart-tokens") == 1_400 + 2_800 + 3_600
     expect(page.locator('[data-total="requests"]')).to_have_text("21")
     expect(page.get_by_role("button", name="Last 7 days")).to_have_attribute("aria-current", "true")
+    _assert_whole_ticks(page, "chart-requests")
+    _assert_whole_ticks(page, "chart-tokens")
+    # The per-model table: each model's swatch in its colour on the chart.
+    colors = page.evaluate(COLORS, "chart-requests")
+    assert set(colors) == {LLAMA, QWEN}
+    for model, color in colors.items():
+        swatch = page.locator(f'#usage-by-model tr[data-model="{model}"] .swatch')
+        expect(swatch).to_have_css("background-color", _rgb(color))
 
     # The last 24 hours leave out the requests of three days ago.
     page.get_by_role("button", name="Last 24 hours").click()
@@ -92,7 +127,9 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
     expect(page.get_by_role("button", name="Last 24 hours")).to_have_attribute("aria-current", "true")
     expect(page.locator('[data-total="requests"]')).to_have_text("12")
     _wait_for_chart(page, "chart-requests")
+    assert len(page.evaluate(LABELS, "chart-requests")) == 24
     assert page.evaluate(SUM, "chart-requests") == 12
+    _assert_whole_ticks(page, "chart-requests")
     expect(page.locator("#top-keys tbody tr td:first-child a")).to_have_text(["Batch jobs", "Search backend"])
 
     # One key: its name in the heading, only its model on the charts.
@@ -105,6 +142,8 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
     _wait_for_chart(page, "chart-requests")
     assert page.evaluate(DATASETS, "chart-requests") == [QWEN]
     assert page.evaluate(DATASETS, "chart-tokens") == [f"{QWEN} · input", f"{QWEN} · output"]
+    # Alone on the chart, the model keeps its colour.
+    assert page.evaluate(COLORS, "chart-requests") == {QWEN: colors[QWEN]}
 
     # The CSV of what is on screen.
     with page.expect_download() as download_info:
@@ -119,7 +158,7 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
         (QWEN, batch.public_id, "Batch jobs", "7")
     ]
 
-    # Back to every key, then dates chosen by hand: more than 31 days are shown by day.
+    # Back to every key, then dates chosen by hand: more than two days are shown by day.
     page.get_by_role("link", name="All keys").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
     today = timezone.now().date()
@@ -148,14 +187,28 @@ def test_dashboard_draws_the_weeks_requests_and_tokens_and_top_keys(page, live_s
     log_in(page, base, "owner@example.com")
     page.goto(f"{base}/o/{organization.slug}/")
     _wait_for_chart(page, "chart-overview")
-    assert page.evaluate(DATASETS, "chart-overview") == ["Requests", "Tokens"]
-    assert page.evaluate("Chart.getChart(document.getElementById('chart-overview')).data.labels.length") == 7
-    requests_per_day = page.evaluate(
-        "Chart.getChart(document.getElementById('chart-overview')).data.datasets[0].data"
+    # Requests stacked by model, then the day's tokens as one line.
+    assert page.evaluate(DATASETS, "chart-overview") == [LLAMA, QWEN, "Tokens"]
+    today = timezone.now().date()
+    assert page.evaluate(LABELS, "chart-overview") == [
+        (today - timedelta(days=6 - n)).isoformat() for n in range(7)
+    ]
+    requests_per_model = page.evaluate(
+        "Chart.getChart(document.getElementById('chart-overview')).data.datasets.slice(0, 2).map((d) => d.data)"
     )
-    assert sum(requests_per_day) == 21
+    assert sum(map(sum, requests_per_model)) == 21
+    _assert_whole_ticks(page, "chart-overview")
+    dashboard_colors = page.evaluate(COLORS, "chart-overview")
     expect(page.locator("#usage-overview [data-total='requests']")).to_have_text("21")
     expect(page.locator("#top-keys tbody tr td:first-child a")).to_have_text(["Batch jobs", "Search backend"])
     page.locator("#top-keys").get_by_role("link", name="Search backend").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Usage · Search backend")
     expect(page.locator('[data-total="requests"]')).to_have_text("5")
+    # The usage page draws the model in the dashboard's colour; five requests at most a day
+    # still have whole-number ticks (Chart.js would step by 0.5).
+    _wait_for_chart(page, "chart-requests")
+    _assert_whole_ticks(page, "chart-requests")
+    assert page.evaluate(COLORS, "chart-requests") == {LLAMA: dashboard_colors[LLAMA]}
+    page.get_by_role("link", name="All keys").click()
+    _wait_for_chart(page, "chart-requests")
+    assert page.evaluate(COLORS, "chart-requests") == dashboard_colors
