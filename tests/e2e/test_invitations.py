@@ -71,7 +71,7 @@ def test_owner_invites_developer_who_signs_up_and_joins(new_context, live_server
     invitee.get_by_role("button", name="Accept invitation").click()
     expect(invitee).to_have_url(f"{base}/o/acme-ai/")
     expect(invitee.get_by_role("status")).to_have_text("You joined Acme AI as Developer.")
-    expect(invitee.get_by_role("main")).to_contain_text("You are Developer")
+    expect(invitee.get_by_role("main")).to_contain_text("Your role: Developer")
 
     invitee.locator("aside.sidenav").get_by_role("link", name="Members").click()
     # Members are listed by email address.
