@@ -59,6 +59,8 @@ def test_at_390px_the_keys_page_fits_and_revoke_is_reachable(new_context, live_s
     revoke = page.locator(f"#key-{key.public_id}").get_by_role("button", name="Revoke")
     revoke.scroll_into_view_if_needed()
     assert page.evaluate(FITS)
+    # Destructive actions are red (the .danger class), not the neutral contrast outline.
+    expect(revoke).to_have_css("color", "rgb(198, 40, 40)")
     revoke.click()
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Revoke {key.name}")
 
