@@ -34,6 +34,7 @@ class OrganizationMixin(LoginRequiredMixin):
         self.membership = membership
         self.organization = membership.organization
         request.organization = self.organization
+        request.membership = membership
         request.session[SESSION_ORG_KEY] = self.organization.slug
         if self.organization.require_mfa and not selectors.user_has_mfa(user=request.user):
             return render(

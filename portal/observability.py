@@ -10,6 +10,7 @@ import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+from django.conf import settings
 from django.urls import Resolver404, resolve
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -99,6 +100,8 @@ class RequestObservabilityMiddleware:
         REQUESTS.labels(view, request.method, str(response.status_code)).inc()
         LATENCY.labels(view, request.method).observe(duration)
         response["X-Request-ID"] = request.request_id
+        if request.path.startswith(settings.REQUEST_LOG_SKIP_PREFIXES):
+            return response
         user = getattr(request, "user", None)
         organization = getattr(request, "organization", None)
         logger.info(

@@ -61,6 +61,16 @@ def audit_events_list(
     return events
 
 
+def audit_actions_list(*, organization: Organization) -> list[str]:
+    """Return the distinct actions in the organization's audit log, for its filter."""
+    return list(
+        AuditEvent.objects.filter(organization=organization)
+        .order_by("action")
+        .values_list("action", flat=True)
+        .distinct()
+    )
+
+
 def user_has_mfa(*, user) -> bool:
     from allauth.mfa.models import Authenticator
 

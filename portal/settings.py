@@ -346,6 +346,8 @@ SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "production" if not DEBUG els
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"LOG_LEVEL must be a logging level name, got {LOG_LEVEL!r}")
+# Requests under these path prefixes get no JSON log line (they are still counted in /metrics).
+REQUEST_LOG_SKIP_PREFIXES = tuple(env_list("REQUEST_LOG_SKIP_PREFIXES", ["/static/"]))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

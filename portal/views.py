@@ -21,6 +21,7 @@ from django_ratelimit.decorators import ratelimit
 
 from portal import selectors, services
 from portal.audit import Actor
+from portal.audit_labels import audit_target_labels
 from portal.console import SESSION_ORG_KEY, OrganizationMixin
 from portal.csvsafe import csv_row
 from portal.errors import DomainError
@@ -261,9 +262,15 @@ class AuditLogView(OrganizationMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        form = AuditFilterForm(self.request.GET)
+        form = AuditFilterForm(
+            self.request.GET, actions=selectors.audit_actions_list(organization=self.organization)
+        )
         data = form.cleaned_data if form.is_valid() else {}
         page = Paginator(_audit_events(self.organization, data), 50).get_page(self.request.GET.get("page"))
+        page.object_list = list(page.object_list)
+        labels = audit_target_labels(organization=self.organization, events=page.object_list)
+        for event in page.object_list:
+            event.target_label = labels[event.pk]
         query = self.request.GET.copy()
         query.pop("page", None)
         context.update(form=form, page=page, query=query.urlencode())
@@ -279,7 +286,9 @@ class AuditExportView(OrganizationMixin, View):
     required_permission = Perm.AUDIT_VIEW
 
     def get(self, request, org_slug):
-        form = AuditFilterForm(request.GET)
+        form = AuditFilterForm(
+            request.GET, actions=selectors.audit_actions_list(organization=self.organization)
+        )
         data = form.cleaned_data if form.is_valid() else {}
         writer = csv.writer(_Echo())
         header = [

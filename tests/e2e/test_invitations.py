@@ -71,7 +71,7 @@ def test_owner_invites_developer_who_signs_up_and_joins(new_context, live_server
     invitee.get_by_role("button", name="Accept invitation").click()
     expect(invitee).to_have_url(f"{base}/o/acme-ai/")
     expect(invitee.get_by_role("status")).to_have_text("You joined Acme AI as Developer.")
-    expect(invitee.get_by_role("main")).to_contain_text("You are Developer")
+    expect(invitee.get_by_role("main")).to_contain_text("Your role: Developer")
 
     invitee.locator("aside.sidenav").get_by_role("link", name="Members").click()
     # Members are listed by email address.
@@ -85,9 +85,12 @@ def test_owner_invites_developer_who_signs_up_and_joins(new_context, live_server
     assert response.status == 403
     expect(invitee.get_by_role("heading", level=1)).to_have_text("You can't do that here")
     expect(invitee.get_by_role("main")).to_contain_text("Your role (Developer) cannot do this.")
-    # The refusal keeps the organization's navigation, with the refused page marked.
+    # The refusal keeps the organization's navigation: the developer's pages, Settings not among them.
     expect(invitee.locator("#org-switcher summary")).to_have_text("Acme AI")
-    expect(invitee.locator('aside.sidenav a[aria-current="page"]')).to_have_text("Settings")
+    expect(invitee.locator("aside.sidenav a")).to_have_text(
+        ["Dashboard", "API keys", "Service accounts", "Usage", "Members"]
+    )
+    expect(invitee.locator('aside.sidenav a[aria-current="page"]')).to_have_count(0)
 
     membership = Membership.objects.for_organization(organization).get(user=developer)
     assert membership.role == Role.DEVELOPER

@@ -38,7 +38,7 @@ def test_switcher_moves_user_to_other_organizations_dashboard(page, live_server)
 
     expect(page).to_have_url(f"{base}/o/beta-labs/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Beta Labs")
-    expect(page.get_by_role("main")).to_contain_text("You are Developer")
+    expect(page.get_by_role("main")).to_contain_text("Your role: Developer")
     expect(switcher.locator("summary")).to_have_text("Beta Labs")
     expect(switcher.get_by_role("link", name="Beta Labs", include_hidden=True)).to_have_attribute(
         "aria-current", "true"

@@ -1,4 +1,7 @@
+import re
+
 import pytest
+from django.urls import reverse
 
 from portal import services
 from portal.audit import Actor
@@ -81,3 +84,58 @@ def test_removing_a_member_is_audited(client):
     event = AuditEvent.objects.get(action="member.removed")
     assert (event.organization, event.actor, event.target_id) == (organization, owner, str(viewer.pk))
     assert event.ip_address == "127.0.0.1"
+
+
+def _member_row(content: bytes, membership) -> str:
+    return re.search(rf'<tr id="member-{membership.pk}">(.*?)</tr>', content.decode(), re.S).group(1)
+
+
+def test_members_page_shows_each_role_once_and_styles_and_confirms_the_destructive_actions(client):
+    owner = make_user("owner@example.com")
+    organization = make_org(owner, name="Acme AI")
+    developer = add_member(organization, Role.DEVELOPER, make_user("dev@example.com"))
+    invitation, _token = services.invitation_create(
+        actor=Actor(user=owner), organization=organization, email="new@example.com", role=Role.VIEWER
+    )
+    client.force_login(owner)
+
+    response = client.get(reverse("org-members", args=[organization.slug]))
+
+    assert response.status_code == 200
+    row = _member_row(response.content, _membership(organization, developer))
+    assert row.count("Developer") == 1
+    assert '<option value="developer" selected>Developer</option>' in row
+    assert (
+        f'<form method="post" action="/o/{organization.slug}/members/{_membership(organization, developer).pk}'
+        '/remove/" class="inline" data-confirm="Remove dev@example.com from Acme AI?">'
+    ) in row
+    assert '<button type="submit" class="small danger outline">Remove</button>' in row
+    content = response.content.decode()
+    assert (
+        f'<form method="post" action="/o/{organization.slug}/invitations/{invitation.pk}/revoke/" class="inline" '
+        'data-confirm="Revoke the invitation of new@example.com?">'
+    ) in content
+    assert '<button class="small danger outline" type="submit">Revoke</button>' in content
+
+
+def test_a_member_who_cannot_manage_sees_the_role_as_text_once(client):
+    organization = make_org(make_user("owner@example.com"))
+    viewer = add_member(organization, Role.VIEWER)
+    client.force_login(viewer)
+
+    response = client.get(reverse("org-members", args=[organization.slug]))
+
+    row = _member_row(response.content, _membership(organization, viewer))
+    assert re.findall(r"<td>([^<]*)</td>", row)[0] == "Viewer"
+    assert "<select" not in row
+    assert row.count("Viewer") == 1
+
+
+def test_the_dashboard_says_your_role(client):
+    owner = make_user()
+    organization = make_org(owner)
+    client.force_login(owner)
+
+    response = client.get(reverse("org-dashboard", args=[organization.slug]))
+
+    assert b'<p class="muted">Your role: Owner \xc2\xb7 status Active</p>' in response.content

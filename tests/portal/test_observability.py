@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import redis
@@ -71,6 +72,31 @@ def test_each_request_logs_one_json_line_with_user_and_organization(client, capl
     assert line["duration_ms"] >= 0
     assert line["user_id"] == owner.pk
     assert line["organization_id"] == organization.pk
+
+
+def test_static_files_get_no_request_line_but_pages_still_do(client, caplog):
+    with caplog.at_level(logging.INFO, logger="tollgate.request"):
+        static = client.get("/static/tollgate.css")
+        health = client.get("/healthz")
+
+    assert static["X-Request-ID"]
+    assert health.status_code == 200
+    assert [line["path"] for line in request_lines(caplog)] == ["/healthz"]
+
+
+def test_the_skipped_prefixes_are_a_setting(client, caplog, settings):
+    settings.REQUEST_LOG_SKIP_PREFIXES = ("/healthz",)
+    with caplog.at_level(logging.INFO, logger="tollgate.request"):
+        client.get("/static/tollgate.css")
+        client.get("/healthz")
+
+    assert [line["path"] for line in request_lines(caplog)] == ["/static/tollgate.css"]
+
+
+def test_the_demo_web_process_writes_no_access_log_beside_the_json_lines():
+    web = next(line for line in Path("Procfile").read_text().splitlines() if line.startswith("web:"))
+    assert web.split(":", 1)[1].split()[0] == "gunicorn"
+    assert "access" not in web
 
 
 def test_anonymous_request_logs_null_user_and_organization(client, caplog):
