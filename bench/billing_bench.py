@@ -8,11 +8,14 @@ rollup table's indexes and foreign keys dropped during the load and rebuilt afte
 ``VACUUM ANALYZE``). A quarter of the models change price in the middle of the month, so usage
 is summed between price changes. Then, in this order:
 
-1. Rating (``--rounds`` rounds): ``period_ratings`` over every organization in batches of
-   ``billing.closing.BATCH``, as ``invoice_close_period`` calls it. The SQL part is
-   ``usage_for_rating`` (the aggregation query and the rows it returns), the Python part the
-   rest (plans, price books, ``rate``). The first round also checks the token totals of all
-   the lines against a plain ``SUM`` over the table.
+1. Rating (``--rounds`` rounds, each way of ``--rating`` in every round): ``one-pass`` is
+   ``period_ratings_one_pass`` over every organization, as ``invoice_close_period`` rates (one
+   query over the month, read as a stream); ``batches`` is ``period_ratings`` in batches of
+   ``BATCH`` organizations, one query each, as the close rated before. The SQL part is the
+   usage reader (``usage_by_organization`` or ``usage_for_rating``: the aggregation query and
+   the rows it returns), the Python part the rest (plans, price books, ``rate``). The first
+   round also checks the token totals of all the lines against a plain ``SUM`` over the table,
+   and the ways must agree on every total.
 2. Closing (``--close-rounds``): ``invoice_close_period``, which closes the usage month and
    stores every invoice with its lines and audit row. Afterwards invoices == organizations and
    the sum of their totals == the sum of the rating totals and one ``invoice.built`` audit row
@@ -295,38 +298,92 @@ def table_sizes() -> dict:
 # --- measurements ------------------------------------------------------------------------
 
 
-def measure_rating(period: date, check: bool) -> dict:
-    """Rate every organization in the close's batches; split the time into SQL and Python."""
-    from billing import selectors
-    from billing.closing import BATCH, _organizations
+# The close rated organizations in batches of this many, one query per batch, until it rated
+# the month in one pass; the bench still measures that way beside the close's.
+BATCH = 500
+MODES = ("one-pass", "batches")
 
-    query = selectors.usage_for_rating
-    spent = {"sql": 0.0, "groups": 0}
+
+def _rate_one_pass(period: date, organization_ids: list[int]):
+    from billing import selectors
+
+    for _organization_id, _plan, rating in selectors.period_ratings_one_pass(
+        period=period, organization_ids=organization_ids
+    ):
+        yield rating
+
+
+def _rate_in_batches(period: date, organization_ids: list[int]):
+    from billing import selectors
+
+    for start in range(0, len(organization_ids), BATCH):
+        chunk = organization_ids[start : start + BATCH]
+        for _plan, rating in selectors.period_ratings(period=period, organization_ids=chunk).values():
+            yield rating
+
+
+def _timing_sql(spent: dict):
+    """Patch the usage readers of ``billing.selectors`` to add their time and rows to ``spent``;
+    return a function that restores them."""
+    from billing import selectors
+
+    batch_query = selectors.usage_for_rating
+    stream_query = selectors.usage_by_organization
 
     def usage_for_rating(**kwargs):
         started = time.perf_counter()
-        usage = query(**kwargs)
+        usage = batch_query(**kwargs)
         spent["sql"] += time.perf_counter() - started
         spent["groups"] += sum(len(slices) for slices in usage.values())
         return usage
 
+    def usage_by_organization(**kwargs):
+        stream = stream_query(**kwargs)
+        try:
+            while True:
+                started = time.perf_counter()
+                item = next(stream, None)
+                spent["sql"] += time.perf_counter() - started
+                if item is None:
+                    return
+                spent["groups"] += len(item[1])
+                yield item
+        finally:
+            stream.close()
+
+    selectors.usage_for_rating = usage_for_rating
+    selectors.usage_by_organization = usage_by_organization
+
+    def restore():
+        selectors.usage_for_rating = batch_query
+        selectors.usage_by_organization = stream_query
+
+    return restore
+
+
+def measure_rating(period: date, mode: str, check: bool) -> dict:
+    """Rate every organization, in one pass (as the close does) or in batches of ``BATCH`` (one
+    query each); split the time into SQL (reading the summed usage) and Python (the rest)."""
+    from billing.closing import _organizations
+
     organization_ids = list(_organizations(period).order_by("pk").values_list("pk", flat=True))
     totals = {"lines": 0, "total_minor": 0, "input": 0, "cached_input": 0, "output": 0}
-    selectors.usage_for_rating = usage_for_rating
+    spent = {"sql": 0.0, "groups": 0}
+    ratings = _rate_one_pass if mode == "one-pass" else _rate_in_batches
+    restore = _timing_sql(spent)
     try:
         started = time.perf_counter()
-        for start in range(0, len(organization_ids), BATCH):
-            chunk = organization_ids[start : start + BATCH]
-            for _plan, rating in selectors.period_ratings(period=period, organization_ids=chunk).values():
-                totals["lines"] += len(rating.lines)
-                totals["total_minor"] += rating.total_minor
-                for line in rating.lines:
-                    if line.kind == "usage":
-                        totals[line.tokens] += line.quantity
+        for rating in ratings(period, organization_ids):
+            totals["lines"] += len(rating.lines)
+            totals["total_minor"] += rating.total_minor
+            for line in rating.lines:
+                if line.kind == "usage":
+                    totals[line.tokens] += line.quantity
         seconds = time.perf_counter() - started
     finally:
-        selectors.usage_for_rating = query
+        restore()
     result = {
+        "mode": mode,
         "seconds": seconds,
         "sql": spent["sql"],
         "python": seconds - spent["sql"],
@@ -492,6 +549,12 @@ def commit() -> str:
     return head + (" with uncommitted changes in billing/, usage/ or the benchmark" if dirty else "")
 
 
+def same_ratings(ratings: dict) -> bool:
+    """Whether every way of rating gave the same lines and totals in every round."""
+    keys = ("lines", "total_minor", "input", "cached_input", "output")
+    return len({tuple(run[key] for key in keys) for runs in ratings.values() for run in runs}) == 1
+
+
 def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
@@ -505,8 +568,6 @@ def spread(runs: list[dict], key: str, unit: str = "s") -> str:
 
 def report(args, command: str, results: dict) -> str:
     from django.db import connection
-
-    from billing.closing import BATCH
 
     server = sql("SHOW server_version")[0][0]
     settings_line = ", ".join(
@@ -550,17 +611,28 @@ def report(args, command: str, results: dict) -> str:
         )
     else:
         lines.append("- Load: the database of an earlier run (`--reuse`), not reloaded.")
-    rating = ratings[0]
-    lines += [
-        "",
-        "| Phase | time | figures | check |",
-        "| --- | ---: | --- | --- |",
-        f"| Rating, all {rating['organizations']:,} organizations (`period_ratings`, {rating['batches']} batches of "
-        f"{BATCH}), {len(ratings)} round(s) | {spread(ratings, 'seconds')} | SQL (`usage_for_rating`) "
-        f"{spread(ratings, 'sql')}, Python {spread(ratings, 'python')}; {rating['groups']:,} summed rows "
-        f"returned, {rating['lines']:,} lines, total {rating['total_minor']:,} minor units | "
-        f"{'PASS' if rating.get('ok') else 'FAIL'}: tokens of all lines == SUM over the table |",
-    ]
+    lines += ["", "| Phase | time | figures | check |", "| --- | ---: | --- | --- |"]
+    for mode, runs in ratings.items():
+        rating = runs[0]
+        how = (
+            "`period_ratings_one_pass`, one query over the month, as the close rates"
+            if mode == "one-pass"
+            else f"`period_ratings` in {rating['batches']} batches of {BATCH}, one query each, as the close rated before"
+        )
+        reader = "usage_by_organization" if mode == "one-pass" else "usage_for_rating"
+        lines.append(
+            f"| Rating, all {rating['organizations']:,} organizations ({how}), {len(runs)} round(s) | "
+            f"{spread(runs, 'seconds')} | SQL (`{reader}`) {spread(runs, 'sql')}, Python {spread(runs, 'python')}; "
+            f"{rating['groups']:,} summed rows returned, {rating['lines']:,} lines, total "
+            f"{rating['total_minor']:,} minor units | {'PASS' if rating.get('ok') else 'FAIL'}: tokens of all "
+            "lines == SUM over the table"
+            + (
+                f"; {'PASS' if same_ratings(ratings) else 'FAIL'}: both ways give the same totals"
+                if len(ratings) > 1
+                else ""
+            )
+            + " |"
+        )
     for index, close in enumerate(closes, start=1):
         lines.append(
             f"| Close (`invoice_close_period`), round {index} | {close['seconds']:.1f} s | "
@@ -576,18 +648,22 @@ def report(args, command: str, results: dict) -> str:
             f"{push['lines'] / max(push['invoices'], 1):.0f} lines per invoice | "
             f"{'PASS' if push['ok'] else 'FAIL'}: {push['paid']} of {push['invoices']} paid |"
         )
-    target = median_of(ratings, "seconds")
+    close_way = ratings.get("one-pass") or next(iter(ratings.values()))
+    target = median_of(close_way, "seconds")
     verdict = "met" if target < 60 and args.orgs >= 10_000 else "not met" if target >= 60 else "not shown"
     lines += [
         "",
-        "- Rating rounds: " + ", ".join(f"{run['seconds']:.1f} s" for run in ratings) + ".",
+        *(
+            f"- Rating rounds, {mode}: " + ", ".join(f"{run['seconds']:.1f} s" for run in runs) + "."
+            for mode, runs in ratings.items()
+        ),
         "- Push: each invoice is create, one invoice item per line, retrieve (totals compared), finalize and "
         "pay, every call with its idempotency key; the customers and their cards were created beforehand "
         f"({push['setup']:.1f} s, not in the figure)."
         if push
         else "- Push: not run (`--push-sample 0`).",
         f"- Target (issue 11): rating all 10,000 organizations in under 60 s: {verdict} "
-        f"(median {target:.1f} s for {args.orgs:,} organizations).",
+        f"(median {target:.1f} s for {args.orgs:,} organizations, {close_way[0]['mode']}).",
     ]
     connection.close()
     return "\n".join(lines)
@@ -621,6 +697,13 @@ def parse_args(argv):
     parser.add_argument("--hours", type=int, default=720, help="hours of the month with usage (at most 720)")
     parser.add_argument("--period", default="2026-11", help="billed month, YYYY-MM (30 days: 720 hours)")
     parser.add_argument("--rounds", type=int, default=3, help="rating rounds; the median is shown")
+    parser.add_argument(
+        "--rating",
+        type=lambda value: value.split(","),
+        default=list(MODES),
+        help="how to rate, each in every round: one-pass (the close's way), batches (of 500, one "
+        "query each, the close's former way); comma-separated",
+    )
     parser.add_argument("--close-rounds", type=int, default=1)
     parser.add_argument("--push-sample", type=int, default=200, help="invoices pushed to localstripe")
     parser.add_argument("--maintenance-work-mem", default="1GB", help="for rebuilding the indexes")
@@ -636,6 +719,8 @@ def parse_args(argv):
         parser.error(
             "--database-url must name a benchmark database (its name contains 'bench'): it is dropped"
         )
+    if not args.rating or set(args.rating) - set(MODES):
+        parser.error(f"--rating takes {', '.join(MODES)}")
     if not 1 <= args.hours <= 720:
         parser.error("--hours must be 1 to 720")
     return args
@@ -681,17 +766,18 @@ def main(argv=None) -> int:
             f"indexes {gigabytes(results['sizes']['indexes'])}",
             flush=True,
         )
-        results["rating"] = []
+        results["rating"] = {mode: [] for mode in args.rating}
         for round_number in range(1, args.rounds + 1):
-            rating = measure_rating(period, check=round_number == 1)
-            results["rating"].append(rating)
-            print(
-                f"rating round {round_number}: {rating['seconds']:.1f} s (SQL {rating['sql']:.1f} s, "
-                f"Python {rating['python']:.1f} s) {rating['groups']:,} rows"
-                + (f" check {'PASS' if rating['ok'] else 'FAIL'}" if "ok" in rating else ""),
-                flush=True,
-            )
-        expected_total = results["rating"][0]["total_minor"]
+            for mode in args.rating:
+                rating = measure_rating(period, mode, check=round_number == 1)
+                results["rating"][mode].append(rating)
+                print(
+                    f"rating round {round_number}, {mode}: {rating['seconds']:.1f} s (SQL {rating['sql']:.1f} s, "
+                    f"Python {rating['python']:.1f} s) {rating['groups']:,} rows"
+                    + (f" check {'PASS' if rating['ok'] else 'FAIL'}" if "ok" in rating else ""),
+                    flush=True,
+                )
+        expected_total = results["rating"][args.rating[0]][0]["total_minor"]
         for round_number in range(1, args.close_rounds + 1):
             if round_number > 1:
                 close_reset(period)
@@ -735,7 +821,11 @@ def main(argv=None) -> int:
         if not args.keep:
             maintenance(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             print(f"database {name} dropped", flush=True)
-    checks = [results["rating"][0].get("ok"), *(close["ok"] for close in results["close"])]
+    checks = [
+        *(runs[0].get("ok") for runs in results["rating"].values()),
+        same_ratings(results["rating"]),
+        *(close["ok"] for close in results["close"]),
+    ]
     if "push" in results:
         checks.append(results["push"]["ok"])
     return 0 if all(checks) else 1

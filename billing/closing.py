@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine, Plan
 from billing.rating import Rating
-from billing.selectors import period_ratings
+from billing.selectors import period_ratings, period_ratings_one_pass
 from portal.audit import Actor, audit_record
 from portal.models import Organization
 from usage.models import ClosedPeriod, UsageRollup
@@ -24,7 +24,6 @@ from usage.periods import usage_period_close
 
 logger = logging.getLogger(__name__)
 
-BATCH = 500
 NOTHING_TO_PAY = "No usage and no platform fee: nothing to pay, not sent to Stripe."
 
 
@@ -59,10 +58,8 @@ def invoice_close_period(*, period: date) -> list[int]:
     usage_period_close(period=period)
     invoiced = set(Invoice.objects.filter(period=period).values_list("organization_id", flat=True))
     missing = [pk for pk in _organizations(period).values_list("pk", flat=True) if pk not in invoiced]
-    for start in range(0, len(missing), BATCH):
-        chunk = missing[start : start + BATCH]
-        for organization_id, (plan, rating) in period_ratings(period=period, organization_ids=chunk).items():
-            invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
+    for organization_id, plan, rating in period_ratings_one_pass(period=period, organization_ids=missing):
+        invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
     logger.info("billing: %s closed, %d invoices built", period.isoformat(), len(missing))
     return list(
         Invoice.objects.filter(period=period, status=Invoice.Status.DRAFT)

@@ -68,8 +68,9 @@ def _in_effect(versions: list[Price] | None, moment: datetime) -> Price | None:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens one organization used of one model from ``start`` on (an hour, or a span of hours in
-    which no price changes). ``input_tokens`` includes the cached ones, as OpenAI counts them."""
+    """Tokens one organization used of one model from ``start`` on: in an hour, or in a span in
+    which no price changes, priced at ``start`` (its first hour or the change that opens it).
+    ``input_tokens`` includes the cached ones, as OpenAI counts them."""
 
     model: str
     start: datetime

@@ -1,9 +1,12 @@
 """Reads for billing: the plan an organization is on, its prices, and its usage ready to rate."""
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from itertools import groupby
+from operator import itemgetter
 
 from django.db import connection
 from django.db.models import QuerySet
@@ -71,63 +74,140 @@ def price_books(plans) -> dict[int, PriceBook]:
     }
 
 
-# Sum the hourly rollups between price changes: within one bucket no price changes, so the
-# price at the bucket's first hour prices all of it, and 10,000 organizations rate from a few
-# rows each instead of one per hour.
+# Sum the hourly rollups between price changes: within one span no price changes, so the
+# price at the change that opens the span prices all of it, and 10,000 organizations rate from
+# a few rows each instead of one per hour. The span's number, not its first hour, is returned:
+# one aggregate less over every hourly row. In organization order, so that a whole month can be
+# read as a stream and rated one organization after another.
 _USAGE_SQL = """
-    SELECT organization_id, model, min(hour), sum(input_tokens), sum(cached_tokens), sum(output_tokens)
+    SELECT organization_id, model, width_bucket(hour, %(changes)s::timestamptz[]) AS span,
+        sum(input_tokens), sum(cached_tokens), sum(output_tokens)
     FROM usage_usagerollup
     WHERE billed_period = %(period)s {organizations}
-    GROUP BY organization_id, model, width_bucket(hour, %(changes)s::timestamptz[])
+    GROUP BY organization_id, model, span
+    ORDER BY organization_id
 """
+# Usage before the first price change is priced at no price whatever its hour.
+BEFORE_ANY_PRICE = datetime.min.replace(tzinfo=UTC)
+FETCH = 5_000
+# A whole month's summed rows (10,000 organizations × 20 models × price spans: 400,000) take
+# about 210 MB of hash table. With less the aggregate spills most of the month to disk, and the
+# planner, which expects far more groups, sorts every hourly row instead.
+ONE_PASS_WORK_MEM = "256MB"
 
 
-def usage_for_rating(
-    *, period: date, changes: list[datetime], organization_ids=None
-) -> dict[int, list[Usage]]:
-    """Return each organization's usage billed in ``period``, summed between price ``changes``."""
+def _usage_query(cursor, *, period: date, changes: list[datetime], organization_ids=None) -> None:
+    """Run the usage query on ``cursor``, for ``organization_ids`` or, when None, everyone."""
     params = {"period": period, "changes": changes}
     organizations = ""
     if organization_ids is not None:
         organizations = "AND organization_id = ANY(%(organizations)s)"
         params["organizations"] = list(organization_ids)
-    usage: dict[int, list[Usage]] = defaultdict(list)
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SQL.format(organizations=organizations), params)
-        for organization_id, model, start, input_tokens, cached, output in cursor.fetchall():
-            usage[organization_id].append(
+    cursor.execute(_USAGE_SQL.format(organizations=organizations), params)
+
+
+def _usage_rows(cursor, changes: list[datetime]) -> Iterator[tuple[int, Usage]]:
+    """Yield the usage query's rows as (organization id, ``Usage``), in organization order."""
+    while rows := cursor.fetchmany(FETCH):
+        for organization_id, model, span, input_tokens, cached, output in rows:
+            yield (
+                organization_id,
                 Usage(
                     model=model,
-                    start=start,
+                    start=changes[span - 1] if span else BEFORE_ANY_PRICE,
                     input_tokens=int(input_tokens),
                     cached_tokens=int(cached),
                     output_tokens=int(output),
-                )
+                ),
             )
+
+
+def usage_for_rating(*, period: date, changes: list[datetime], organization_ids) -> dict[int, list[Usage]]:
+    """Return the usage of ``organization_ids`` billed in ``period``, summed between price ``changes``."""
+    usage: dict[int, list[Usage]] = defaultdict(list)
+    with connection.cursor() as cursor:
+        _usage_query(cursor, period=period, changes=changes, organization_ids=organization_ids)
+        for organization_id, slice_ in _usage_rows(cursor, changes):
+            usage[organization_id].append(slice_)
     return dict(usage)
 
 
-def period_ratings(*, period: date, organization_ids) -> dict[int, tuple[Plan, Rating]]:
-    """Rate ``period`` for each of ``organization_ids``: its plan and its priced lines."""
-    organization_ids = list(organization_ids)
+def usage_by_organization(*, period: date, changes: list[datetime]) -> Iterator[tuple[int, list[Usage]]]:
+    """Yield every organization's usage billed in ``period``, summed between price ``changes``,
+    in organization order.
+
+    One pass over the whole month (a sequential scan and a hash aggregate, not an index scan
+    per batch of organizations), read through a server-side cursor so that only a few thousand
+    rows are in memory here at a time. The cursor's query is planned and its aggregate sized
+    when it is declared, so ``work_mem`` is raised for that statement only.
+    """
+    with connection.chunked_cursor() as cursor:
+        with connection.cursor() as session:
+            session.execute(f"SET work_mem = '{ONE_PASS_WORK_MEM}'")
+            try:
+                _usage_query(cursor, period=period, changes=changes)
+            finally:
+                session.execute("RESET work_mem")
+        for organization_id, rows in groupby(_usage_rows(cursor, changes), key=itemgetter(0)):
+            yield organization_id, [slice_ for _organization_id, slice_ in rows]
+
+
+def _plans_and_books(*, period: date, organization_ids: list[int]):
+    """Return each organization's plan for ``period``, the plans' price books and every price change."""
     assigned = plans_for_period(period=period, organization_ids=organization_ids)
     default = plan_default()
     plans = {organization_id: assigned.get(organization_id, default) for organization_id in organization_ids}
     books = price_books({plan.pk: plan for plan in plans.values()}.values())
     changes = sorted({moment for book in books.values() for moment in book.changes()})
-    usage = usage_for_rating(period=period, changes=changes, organization_ids=organization_ids)
+    return plans, books, changes
+
+
+def _rating(*, period: date, plan: Plan, book: PriceBook, usage) -> Rating:
+    return rate(
+        usage=usage,
+        book=book,
+        fee_minor=plan.monthly_fee_minor,
+        fee_description=f"{plan.name} plan, {period:%B %Y}",
+    )
+
+
+def period_ratings(*, period: date, organization_ids) -> dict[int, tuple[Plan, Rating]]:
+    """Rate ``period`` for each of ``organization_ids``: its plan and its priced lines."""
+    plans, books, changes = _plans_and_books(period=period, organization_ids=list(organization_ids))
+    usage = usage_for_rating(period=period, changes=changes, organization_ids=list(plans))
     return {
         organization_id: (
             plan,
-            rate(
-                usage=usage.get(organization_id, ()),
-                book=books[plan.pk],
-                fee_minor=plan.monthly_fee_minor,
-                fee_description=f"{plan.name} plan, {period:%B %Y}",
-            ),
+            _rating(period=period, plan=plan, book=books[plan.pk], usage=usage.get(organization_id, ())),
         )
         for organization_id, plan in plans.items()
     }
+
+
+def period_ratings_one_pass(*, period: date, organization_ids) -> Iterator[tuple[int, Plan, Rating]]:
+    """Rate ``period`` for each of ``organization_ids`` from one pass over the month's usage; yield
+    (organization id, plan, rating) in ascending organization order.
+
+    For many organizations at once (closing a month): the month's usage is read once, as a
+    stream, instead of once per batch; the usage of organizations not asked for is passed over.
+    """
+    plans, books, changes = _plans_and_books(period=period, organization_ids=sorted(set(organization_ids)))
+    if not plans:
+        return
+    usage = usage_by_organization(period=period, changes=changes)
+    try:
+        pending = next(usage, None)
+        for organization_id, plan in plans.items():
+            while pending is not None and pending[0] < organization_id:
+                pending = next(usage, None)
+            slices = pending[1] if pending is not None and pending[0] == organization_id else ()
+            yield (
+                organization_id,
+                plan,
+                _rating(period=period, plan=plan, book=books[plan.pk], usage=slices),
+            )
+    finally:
+        usage.close()
 
 
 @dataclass(frozen=True)

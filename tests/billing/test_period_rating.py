@@ -7,8 +7,9 @@ from decimal import Decimal
 import pytest
 import time_machine
 
+from billing import selectors
 from billing.models import ModelPrice, Plan, PlanAssignment
-from billing.selectors import period_ratings, plan_for
+from billing.selectors import period_ratings, period_ratings_one_pass, plan_for
 from billing.services import model_price_set, organization_plan_change, plan_price_set
 from keys import services as key_services
 from portal.audit import Actor
@@ -115,6 +116,68 @@ def test_an_organization_without_usage_or_fee_rates_to_zero(org_with_key):
     organization, _key = org_with_key
     plan, rating = period_ratings(period=NOV, organization_ids=[organization.pk])[organization.pk]
     assert (plan.name, rating.lines, rating.total_minor) == ("Standard", (), 0)
+
+
+def test_one_pass_over_the_month_rates_each_organization_asked_for_as_it_is_rated_alone(monkeypatch):
+    model_price_set(
+        actor=Actor.system(),
+        model="m",
+        input_per_mtok_minor="100",
+        output_per_mtok_minor="400",
+        effective_from=at(1),
+    )
+    pro = Plan.objects.create(name="Pro", monthly_fee_minor=4900)
+    # Only Pro's price changes mid-month, so the one pass splits everyone's usage there.
+    for price, start in (("10", at(1)), ("30", at(15, 12))):
+        plan_price_set(
+            actor=Actor.system(),
+            plan=pro,
+            model="m",
+            input_per_mtok_minor=price,
+            output_per_mtok_minor="0",
+            effective_from=start,
+        )
+    organizations = []
+    for name in ("Standard busy", "Pro busy", "Idle", "Not asked for"):
+        owner = make_user()
+        organization = make_org(owner, name=name)
+        key, _secret = key_services.api_key_create(
+            actor=Actor(user=owner), organization=organization, name="k"
+        )
+        organizations.append((organization, key))
+    (standard, standard_key), (paying, paying_key), (idle, _), (other, other_key) = organizations
+    PlanAssignment.objects.create(organization=paying, plan=pro, period=NOV)
+    for hour in (at(2, 5), at(15, 11), at(15, 12), at(30, 23)):
+        rollup(standard, standard_key, "m", hour, input_=1_000_000, cached=250_000, output=10_000)
+        rollup(standard, standard_key, "n", hour, input_=3)
+        rollup(paying, paying_key, "m", hour, input_=1_000_000)
+        rollup(other, other_key, "m", hour, input_=10**9)
+    rollup(paying, paying_key, "m", at(3), input_=10**9, period=date(2026, 12, 1))
+    # One row per fetch: each organization's slices arrive over several fetches.
+    monkeypatch.setattr(selectors, "FETCH", 1)
+    asked = [paying.pk, idle.pk, standard.pk]
+
+    rated = list(period_ratings_one_pass(period=NOV, organization_ids=asked))
+
+    assert [organization_id for organization_id, _plan, _rating in rated] == sorted(asked)
+    alone = {pk: period_ratings(period=NOV, organization_ids=[pk])[pk] for pk in asked}
+    assert {organization_id: (plan, rating) for organization_id, plan, rating in rated} == alone
+    lines = {
+        organization_id: [
+            (line.model, line.tokens, line.quantity, line.amount_minor) for line in rating.lines
+        ]
+        for organization_id, _plan, rating in rated
+    }
+    assert lines == {
+        standard.pk: [
+            ("m", "input", 3_000_000, 300),
+            ("m", "cached_input", 1_000_000, 100),
+            ("m", "output", 40_000, 16),
+            ("n", "input", 12, 0),
+        ],
+        paying.pk: [("m", "input", 4_000_000, 2 * 10 + 2 * 30), ("", "", 1, 4900)],
+        idle.pk: [],
+    }
 
 
 def test_a_plan_change_applies_from_the_next_period_and_is_audited(org_with_key):
