@@ -361,6 +361,8 @@ LOGGING = {
         # Where Celery logs a task's arguments (received, succeeded), eager or in a worker.
         "celery.app.trace": {"filters": ["task_arguments"]},
         "celery.worker.strategy": {"filters": ["task_arguments"]},
+        # The Stripe SDK logs every request and response at INFO; failures reach us as errors.
+        "stripe": {"level": "WARNING"},
     },
 }
 # /metrics: the bearer of this token, or (unset) only clients on this host, as on the edge.
