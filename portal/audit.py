@@ -46,6 +46,11 @@ def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+def audit_target(target) -> tuple[str, str]:
+    """Return the ``target_type`` and ``target_id`` an audit event names ``target`` by."""
+    return target._meta.label_lower, str(getattr(target, "public_id", None) or target.pk)
+
+
 def audit_record(
     *,
     actor: Actor,
@@ -58,8 +63,9 @@ def audit_record(
 ) -> AuditEvent:
     """Append one audit event. Call inside the service's transaction."""
     if target is not None:
-        target_type = target_type or target._meta.label_lower
-        target_id = target_id or str(getattr(target, "public_id", None) or target.pk)
+        named_type, named_id = audit_target(target)
+        target_type = target_type or named_type
+        target_id = target_id or named_id
     return AuditEvent.objects.create(
         organization=organization,
         actor=actor.user,

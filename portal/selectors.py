@@ -2,6 +2,7 @@
 
 from django.db.models import QuerySet
 
+from portal.audit import audit_target
 from portal.models import AuditEvent, Invitation, Membership, Organization
 
 
@@ -48,8 +49,12 @@ def audit_events_list(
     actor: str = "",
     since=None,
     until=None,
+    target=None,
 ) -> QuerySet[AuditEvent]:
     events = AuditEvent.objects.filter(organization=organization)
+    if target is not None:
+        target_type, target_id = audit_target(target)
+        events = events.filter(target_type=target_type, target_id=target_id)
     if action:
         events = events.filter(action__startswith=action)
     if actor:
