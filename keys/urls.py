@@ -5,6 +5,7 @@ from keys import views
 urlpatterns = [
     path("keys/", views.KeyListView.as_view(), name="org-keys"),
     path("keys/new/", views.KeyCreateView.as_view(), name="org-key-create"),
+    path("keys/<str:key_id>/", views.KeyDetailView.as_view(), name="org-key"),
     path("keys/<str:key_id>/edit/", views.KeyEditView.as_view(), name="org-key-edit"),
     path("keys/<str:key_id>/secret/<slug:reveal_id>/", views.KeySecretView.as_view(), name="org-key-secret"),
     path("keys/<str:key_id>/rotate/", views.KeyRotateView.as_view(), name="org-key-rotate"),

@@ -5,6 +5,9 @@ redirects to shows the secret once from a server-side stash (``portal.reveal``),
 ``Cache-Control: no-store``. A reload neither repeats the action nor shows the secret again.
 """
 
+from datetime import UTC, timedelta
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -33,8 +36,15 @@ from portal.console import OrganizationMixin
 from portal.errors import DomainError
 from portal.reveal import reveal_stash, reveal_take
 from portal.roles import Perm
+from portal.selectors import audit_events_list
+from usage.export import usage_cost_total, usage_rows
+from usage.partitions import add_months, month_start
+from usage.selectors import METRICS
+from usage.views import UsageWindow, usage_chart
 
 KEYS_PER_PAGE = 50
+KEY_USAGE_DAYS = 7
+KEY_AUDIT_EVENTS = 50
 GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -142,6 +152,84 @@ class KeyObjectMixin:
     def get_context_data(self, **kwargs):
         kwargs.setdefault("key", self.key)
         return super().get_context_data(**kwargs)
+
+
+def _month_to_date_spend(key: ApiKey, *, now) -> dict:
+    """Return the key's rated usage this UTC month and how much of its budget that is.
+
+    A month whose usage spans plans of two currencies has no single amount: ``cost_minor`` is
+    None and ``error`` says why, and the rest of the page still shows.
+    """
+    start = month_start(now.astimezone(UTC).date())
+    window = UsageWindow.for_days(start, add_months(start, 1) - timedelta(days=1))
+    try:
+        total = usage_cost_total(
+            organization=key.organization, start=window.start, end=window.end, key_id=key.pk
+        )
+    except DomainError as error:
+        return {"month": start, "cost_minor": None, "currency": "", "error": error.message}
+    budget = key.budget_monthly_minor
+    return {
+        "month": start,
+        **total,
+        "error": "",
+        "percent": total["cost_minor"] * 100 // budget if budget else None,
+        # A bar cannot run past its end: spend over the budget fills it, the percent tells by how much.
+        "bar_value": min(total["cost_minor"], budget) if budget else None,
+    }
+
+
+def _daily_usage(key: ApiKey, *, window: UsageWindow) -> dict:
+    """Return the key's requests, tokens and cost for every day of ``window``, zero-filled."""
+    try:
+        rows = usage_rows(
+            organization=key.organization,
+            start=window.start,
+            end=window.end,
+            granularity=window.granularity,
+            key_id=key.pk,
+        )
+    except DomainError as error:
+        return {"rows": [], "currency": "", "error": error.message}
+    by_period = {row["period"]: row for row in rows}
+    currency = rows[0]["currency"] if rows else ""
+    return {
+        "rows": [
+            by_period.get(period, {"period": period, **dict.fromkeys(METRICS, 0), "cost_minor": 0})
+            for period in window.periods()
+        ],
+        "currency": currency,
+        "error": "",
+    }
+
+
+class KeyDetailView(KeyObjectMixin, ConsolePage):
+    """One key: its settings, this month's spend against its budget, last week's usage, its
+    secrets and rotations, and its audit trail."""
+
+    template_name = "keys/key_detail.html"
+    required_permission = Perm.KEYS_VIEW
+
+    def get_context_data(self, **kwargs):
+        now = timezone.now()
+        today = now.date()
+        window = UsageWindow.for_days(today - timedelta(days=KEY_USAGE_DAYS - 1), today)
+        chart = usage_chart(organization=self.organization, window=window, key_id=self.key.pk)
+        events = list(audit_events_list(organization=self.organization, target=self.key)[:KEY_AUDIT_EVENTS])
+        usage_url = reverse("org-usage", args=[self.organization.slug])
+        return super().get_context_data(
+            secrets=self.key.secrets.all(),
+            spend=_month_to_date_spend(self.key, now=now),
+            window=window,
+            chart=chart,
+            daily=_daily_usage(self.key, window=window),
+            has_usage=bool(chart["models"]),
+            rotations=[event for event in events if event.action == "key.rotated"],
+            events=events,
+            usage_url=f"{usage_url}?{urlencode({**window.query(), 'key': self.key.public_id})}",
+            can_manage=self.can(Perm.KEYS_MANAGE),
+            **kwargs,
+        )
 
 
 class KeyEditView(KeyObjectMixin, ConsolePage):
