@@ -12,6 +12,7 @@ from portal.audit import Actor
 from portal.roles import ROLE_PERMISSIONS, Perm, Role
 from tests.factories import add_member, make_org, make_user
 from tests.portal.test_console_access import _without_csrf
+from tests.portal.test_security_headers import inline_code
 from usage.models import UsageRollup
 
 pytestmark = pytest.mark.django_db
@@ -98,6 +99,7 @@ def test_the_page_shows_settings_spend_against_budget_and_daily_usage(client, ow
     assert cells["2026-11-14"] == ["7", "2", "3,000,000", "0", "3.00 USD"]
     assert cells["2026-11-15"] == ["0", "0", "0", "0", "0.00 USD"]
     assert 'data-source="key-usage-chart"' in body
+    assert inline_code(body) == []
 
 
 def test_spend_over_the_budget_fills_the_bar_and_says_by_how_much(client, owner, organization, key, actor):

@@ -113,7 +113,9 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
     services.invitation_create(
         actor=Actor(user=owner), organization=organization, email="new@example.com", role=Role.VIEWER
     )
-    key_services.api_key_create(actor=Actor(user=owner), organization=organization, name="Search backend")
+    key, _secret = key_services.api_key_create(
+        actor=Actor(user=owner), organization=organization, name="Search backend"
+    )
     client.force_login(owner)
 
     # The one-time secret page comes from a form, not a link.
@@ -155,6 +157,7 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
     for path in (
         f"/o/{organization.slug}/",
         f"/o/{organization.slug}/keys/",
+        f"/o/{organization.slug}/keys/{key.public_id}/",
         f"/o/{organization.slug}/usage/",
         f"/o/{organization.slug}/members/",
         f"/o/{organization.slug}/audit/",
