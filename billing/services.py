@@ -68,6 +68,55 @@ def _model_name(model: str) -> str:
     return model
 
 
+def _price_version_add(
+    *,
+    actor: Actor,
+    price_model,
+    action: str,
+    conflict: str,
+    model: str,
+    input_per_mtok_minor,
+    output_per_mtok_minor,
+    cached_input_per_mtok_minor,
+    effective_from,
+    fields: dict,
+    metadata: dict,
+):
+    """Store one price version (global or a plan's) with its audit row, in one transaction."""
+    model = _model_name(model)
+    effective_from = _price_start(effective_from)
+    input_price, output_price, cached_price = _price_amounts(
+        input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor
+    )
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                price = price_model.objects.create(
+                    model=model,
+                    input_per_mtok_minor=input_price,
+                    output_per_mtok_minor=output_price,
+                    cached_input_per_mtok_minor=cached_price,
+                    effective_from=effective_from,
+                    **fields,
+                )
+        except IntegrityError:
+            raise Conflict(conflict) from None
+        audit_record(
+            actor=actor,
+            action=action,
+            target=price,
+            metadata={
+                **metadata,
+                "model": model,
+                "input": str(input_price),
+                "output": str(output_price),
+                "cached_input": str(cached_price),
+                "effective_from": effective_from.isoformat(),
+            },
+        )
+    return price
+
+
 def model_price_set(
     *,
     actor: Actor,
@@ -78,35 +127,19 @@ def model_price_set(
     effective_from=None,
 ) -> ModelPrice:
     """Add a price version for a model; the edge sees it once it takes effect."""
-    model = _model_name(model)
-    effective_from = _price_start(effective_from)
-    input_price, output_price, cached_price = _price_amounts(
-        input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor
-    )
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                price = ModelPrice.objects.create(
-                    model=model,
-                    input_per_mtok_minor=input_price,
-                    output_per_mtok_minor=output_price,
-                    cached_input_per_mtok_minor=cached_price,
-                    effective_from=effective_from,
-                    created_by=actor.user,
-                )
-        except IntegrityError:
-            raise Conflict("A price for this model already starts at that moment.") from None
-        audit_record(
+        price = _price_version_add(
             actor=actor,
+            price_model=ModelPrice,
             action="price.set",
-            target=price,
-            metadata={
-                "model": model,
-                "input": str(input_price),
-                "output": str(output_price),
-                "cached_input": str(cached_price),
-                "effective_from": price.effective_from.isoformat(),
-            },
+            conflict="A price for this model already starts at that moment.",
+            model=model,
+            input_per_mtok_minor=input_per_mtok_minor,
+            output_per_mtok_minor=output_per_mtok_minor,
+            cached_input_per_mtok_minor=cached_input_per_mtok_minor,
+            effective_from=effective_from,
+            fields={"created_by": actor.user},
+            metadata={},
         )
         transaction.on_commit(_publish)
     return price
@@ -129,38 +162,19 @@ def plan_price_set(
     effective_from=None,
 ) -> PlanPrice:
     """Add a version of a plan's own price for a model (it overrides the global price)."""
-    model = _model_name(model)
-    effective_from = _price_start(effective_from)
-    input_price, output_price, cached_price = _price_amounts(
-        input_per_mtok_minor, output_per_mtok_minor, cached_input_per_mtok_minor
+    return _price_version_add(
+        actor=actor,
+        price_model=PlanPrice,
+        action="plan.price_set",
+        conflict="A price for this model already starts at that moment in this plan.",
+        model=model,
+        input_per_mtok_minor=input_per_mtok_minor,
+        output_per_mtok_minor=output_per_mtok_minor,
+        cached_input_per_mtok_minor=cached_input_per_mtok_minor,
+        effective_from=effective_from,
+        fields={"plan": plan},
+        metadata={"plan": plan.name},
     )
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
-                price = PlanPrice.objects.create(
-                    plan=plan,
-                    model=model,
-                    input_per_mtok_minor=input_price,
-                    output_per_mtok_minor=output_price,
-                    cached_input_per_mtok_minor=cached_price,
-                    effective_from=effective_from,
-                )
-        except IntegrityError:
-            raise Conflict("A price for this model already starts at that moment in this plan.") from None
-        audit_record(
-            actor=actor,
-            action="plan.price_set",
-            target=price,
-            metadata={
-                "plan": plan.name,
-                "model": model,
-                "input": str(input_price),
-                "output": str(output_price),
-                "cached_input": str(cached_price),
-                "effective_from": effective_from.isoformat(),
-            },
-        )
-    return price
 
 
 def organization_plan_change(*, actor: Actor, organization, plan: Plan) -> PlanAssignment:
