@@ -28,7 +28,7 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.webhooks import webhook_event_process_request
-from portal.admin import AuditedAdmin
+from portal.admin import AuditedAdmin, ReadOnlyAdminMixin
 from portal.audit import Actor
 from portal.errors import DomainError
 
@@ -179,18 +179,12 @@ class PlanAssignmentAdmin(admin.ModelAdmin):
         obj.pk, obj.period = assignment.pk, assignment.period
 
 
-class InvoiceLineInline(admin.TabularInline):
+class InvoiceLineInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = InvoiceLine
     fields = ["position", "kind", "description", "quantity", "unit_price_per_mtok_minor", "amount_minor"]
     readonly_fields = fields
     extra = 0
     can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -213,7 +207,7 @@ class CreditForm(forms.Form):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(admin.ModelAdmin):
+class InvoiceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Invoices are built by the close and mirrored to Stripe: staff read them, credit drafts, and
     settle open ones (paid outside Stripe, forgiven, voided), which ends the organization's dunning."""
 
@@ -251,15 +245,6 @@ class InvoiceAdmin(admin.ModelAdmin):
             return "Only a draft invoice takes a credit."
         url = reverse("admin:billing_invoice_credit", args=[invoice.pk])
         return format_html('<a href="{}">Add a credit line</a>', url)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def _act(self, request, queryset, act, done: str) -> None:
         """Run a staff action on each selected invoice; report each refusal by invoice."""
@@ -334,22 +319,13 @@ class InvoiceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["organization", "stripe_customer_id", "created_at"]
     search_fields = ["organization__name", "organization__slug", "stripe_customer_id"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Stripe events as they arrived; staff can only have one processed again."""
 
     list_display = ["stripe_event_id", "type", "status", "attempts", "created", "received_at", "processed_at"]
@@ -368,15 +344,6 @@ class WebhookEventAdmin(admin.ModelAdmin):
     ]
     actions = ["process_again"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.action(description="Process the selected events again")
     def process_again(self, request, queryset):
         if not request.user.has_perm("billing.change_webhookevent"):
@@ -394,7 +361,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Dunning)
-class DunningAdmin(admin.ModelAdmin):
+class DunningAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Each spell of unpaid invoices, read-only: settle its invoices to end it."""
 
     list_display = ["organization", "started_at", "retries_made", "warned_at", "suspended_at", "ended_at"]
@@ -409,12 +376,3 @@ class DunningAdmin(admin.ModelAdmin):
         "suspended_at",
         "ended_at",
     ]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -9,22 +9,11 @@ from django.contrib import admin, messages
 
 from keys import services
 from keys.models import ApiKey, ApiKeySecret, ServiceAccount
-from portal.admin import AuditedAdmin
+from portal.admin import AuditedAdmin, ReadOnlyAdminMixin
 from portal.audit import Actor
 
 
-class _ReadOnlyAdminMixin:
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class ApiKeySecretInline(_ReadOnlyAdminMixin, admin.TabularInline):
+class ApiKeySecretInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = ApiKeySecret
     extra = 0
     # Never the hash: it is what the edge looks a key up by.
@@ -35,7 +24,7 @@ class ApiKeySecretInline(_ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(_ReadOnlyAdminMixin, AuditedAdmin):
+class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedAdmin):
     list_display = [
         "public_id",
         "name",
@@ -98,7 +87,7 @@ class ApiKeyAdmin(_ReadOnlyAdminMixin, AuditedAdmin):
 
 
 @admin.register(ServiceAccount)
-class ServiceAccountAdmin(_ReadOnlyAdminMixin, AuditedAdmin):
+class ServiceAccountAdmin(ReadOnlyAdminMixin, AuditedAdmin):
     list_display = [
         "public_id",
         "name",

@@ -14,6 +14,19 @@ def _organization_of(obj):
     return getattr(obj, "organization", None)
 
 
+class ReadOnlyAdminMixin:
+    """Staff read these rows; services write them."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class AuditedAdmin(admin.ModelAdmin):
     """Record each staff addition, change and deletion as an audit event."""
 
