@@ -3,7 +3,7 @@
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
@@ -228,9 +228,14 @@ def _month_bounds(period: date) -> tuple[datetime, datetime]:
     )
 
 
-def billing_upcoming(*, organization) -> Upcoming:
+def current_period(now: datetime) -> date:
+    """Return the billing month ``now`` falls in: the UTC one, as invoices count months."""
+    return month_start(now.astimezone(UTC).date())
+
+
+def billing_upcoming(*, organization, now: datetime | None = None) -> Upcoming:
     """Rate ``organization``'s open month so far with its plan, as the close will."""
-    period = month_start(timezone.now().astimezone(UTC).date())
+    period = current_period(now or timezone.now())
     plan, rating = period_ratings(period=period, organization_ids=[organization.pk])[organization.pk]
     start, end = _month_bounds(period)
     return Upcoming(period=period, start=start, end=end, plan=plan, rating=rating)
@@ -368,4 +373,65 @@ def usage_costs(
     return UsageCosts(
         currency=currencies.pop(),
         by_group={group: round_minor(amount) for group, amount in exact.items()},
+    )
+
+
+def month_to_date_costs(*, organization, now: datetime, group_by: tuple[str, ...] = ()) -> UsageCosts:
+    """Price the usage of ``now``'s UTC month so far per row group, as ``usage_costs`` prices
+    any window: the one figure the dashboard, the key list and the key page show."""
+    start, end = _month_bounds(current_period(now))
+    return usage_costs(organization=organization, start=start, end=end, group_by=group_by)
+
+
+# The forecast's run rate: the average daily cost of this many complete UTC days before today.
+FORECAST_DAYS = 7
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The month's usage cost at its end, forecast from the recent run rate.
+
+    ``cost_minor`` is the month to date plus ``recent_minor`` (the cost of the last
+    ``FORECAST_DAYS`` complete UTC days) divided by ``FORECAST_DAYS`` times ``days_left``, the time
+    left in the month in days, rounded once.
+    """
+
+    month_to_date_minor: int
+    recent_minor: int
+    recent_start: date
+    recent_end: date
+    days_left: Decimal
+    currency: str
+
+    @property
+    def daily_minor(self) -> Decimal:
+        return Decimal(self.recent_minor) / FORECAST_DAYS
+
+    @property
+    def cost_minor(self) -> int:
+        return self.month_to_date_minor + round_minor(self.daily_minor * self.days_left)
+
+
+def usage_forecast(*, organization, now: datetime, month_to_date: UsageCosts) -> Forecast:
+    """Forecast ``organization``'s usage cost at the end of ``now``'s month from the month to date
+    (``month_to_date_costs`` without groups) and the last ``FORECAST_DAYS`` complete UTC days.
+
+    Days without usage count as zero. A run rate in another currency than the month's (a plan
+    changed currency at the month's start) cannot be added to it and is refused.
+    """
+    today = datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
+    recent = usage_costs(organization=organization, start=today - FORECAST_DAYS * DAY, end=today)
+    if recent.by_group and recent.currency != month_to_date.currency:
+        raise DomainError("The last days were billed in another currency: no forecast this month.")
+    _start, month_end = _month_bounds(current_period(now))
+    return Forecast(
+        month_to_date_minor=month_to_date.by_group.get((), 0),
+        recent_minor=recent.by_group.get((), 0),
+        recent_start=(today - FORECAST_DAYS * DAY).date(),
+        recent_end=(today - DAY).date(),
+        # Exact to the microsecond: a timedelta divided by a timedelta would go through a float.
+        days_left=Decimal((month_end - now) // timedelta(microseconds=1))
+        / (DAY // timedelta(microseconds=1)),
+        currency=month_to_date.currency,
     )

@@ -5,7 +5,7 @@ redirects to shows the secret once from a server-side stash (``portal.reveal``),
 ``Cache-Control: no-store``. A reload neither repeats the action nor shows the secret again.
 """
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -21,6 +21,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
+from billing.selectors import current_period, month_to_date_costs
 from keys import selectors, services
 from keys.forms import (
     ApiKeyCreateForm,
@@ -28,7 +29,6 @@ from keys.forms import (
     KeyFilterForm,
     RotateForm,
     ServiceAccountForm,
-    cents_to_dollars,
 )
 from keys.models import ApiKey, ServiceAccount
 from portal.audit import Actor
@@ -37,8 +37,7 @@ from portal.errors import DomainError
 from portal.reveal import reveal_stash, reveal_take
 from portal.roles import Perm
 from portal.selectors import audit_events_list
-from usage.export import usage_cost_total, usage_rows
-from usage.partitions import add_months, month_start
+from usage.export import usage_rows
 from usage.selectors import METRICS
 from usage.views import UsageWindow, usage_chart
 
@@ -105,12 +104,19 @@ class KeyListView(ConsolePage):
         status = form.cleaned_data["status"] if form.is_valid() else ""
         keys = selectors.api_keys_list(organization=self.organization, status=status)
         page = Paginator(keys, KEYS_PER_PAGE).get_page(self.request.GET.get("page"))
+        now = timezone.now()
+        spend = _month_to_date_spend(organization=self.organization, keys=page, now=now)
         for key in page:
-            key.budget_dollars = cents_to_dollars(key.budget_monthly_minor)
+            key.spend = spend[key.pk]
         query = self.request.GET.copy()
         query.pop("page", None)
         context.update(
-            filter_form=form, page=page, query=query.urlencode(), can_manage=self.can(Perm.KEYS_MANAGE)
+            filter_form=form,
+            page=page,
+            query=query.urlencode(),
+            month=current_period(now),
+            spend_error=next((row["error"] for row in spend.values() if row["error"]), ""),
+            can_manage=self.can(Perm.KEYS_MANAGE),
         )
         return context
 
@@ -154,29 +160,35 @@ class KeyObjectMixin:
         return super().get_context_data(**kwargs)
 
 
-def _month_to_date_spend(key: ApiKey, *, now) -> dict:
-    """Return the key's rated usage this UTC month and how much of its budget that is.
+def _month_to_date_spend(*, organization, keys, now) -> dict[int, dict]:
+    """Return, per key id, the key's rated usage this UTC month and how much of its budget that
+    is: one rating of the month's usage grouped by key, however many keys the page shows.
 
     A month whose usage spans plans of two currencies has no single amount: ``cost_minor`` is
     None and ``error`` says why, and the rest of the page still shows.
     """
-    start = month_start(now.astimezone(UTC).date())
-    window = UsageWindow.for_days(start, add_months(start, 1) - timedelta(days=1))
+    month = current_period(now)
     try:
-        total = usage_cost_total(
-            organization=key.organization, start=window.start, end=window.end, key_id=key.pk
-        )
+        costs = month_to_date_costs(organization=organization, now=now, group_by=("key",))
     except DomainError as error:
-        return {"month": start, "cost_minor": None, "currency": "", "error": error.message}
-    budget = key.budget_monthly_minor
-    return {
-        "month": start,
-        **total,
-        "error": "",
-        "percent": total["cost_minor"] * 100 // budget if budget else None,
-        # A bar cannot run past its end: spend over the budget fills it, the percent tells by how much.
-        "bar_value": min(total["cost_minor"], budget) if budget else None,
-    }
+        return {
+            key.pk: {"month": month, "cost_minor": None, "currency": "", "error": error.message}
+            for key in keys
+        }
+    spend = {}
+    for key in keys:
+        cost = costs.by_group.get((key.public_id, key.name), 0)
+        budget = key.budget_monthly_minor
+        spend[key.pk] = {
+            "month": month,
+            "cost_minor": cost,
+            "currency": costs.currency,
+            "error": "",
+            "percent": cost * 100 // budget if budget else None,
+            # A bar cannot run past its end: spend over the budget fills it, the percent tells by how much.
+            "bar_value": min(cost, budget) if budget else None,
+        }
+    return spend
 
 
 def _daily_usage(key: ApiKey, *, window: UsageWindow) -> dict:
@@ -219,7 +231,7 @@ class KeyDetailView(KeyObjectMixin, ConsolePage):
         usage_url = reverse("org-usage", args=[self.organization.slug])
         return super().get_context_data(
             secrets=self.key.secrets.all(),
-            spend=_month_to_date_spend(self.key, now=now),
+            spend=_month_to_date_spend(organization=self.organization, keys=[self.key], now=now)[self.key.pk],
             window=window,
             chart=chart,
             daily=_daily_usage(self.key, window=window),

@@ -73,7 +73,7 @@ def test_developer_creates_rotates_and_revokes_a_key(new_context, live_server, s
     expect(row.locator("td.secrets")).to_have_text(_display(secret))
     expect(row).to_contain_text("llama-3.1-8b-instruct")
     expect(row).to_contain_text("rpm 600")
-    expect(row).to_contain_text("$25.50/mo")
+    expect(row).to_contain_text("of 25.50 USD")
     expect(row).to_contain_text("Active")
     assert secret not in page.content()
 

@@ -318,7 +318,7 @@ def test_created_key_keeps_every_setting_with_the_budget_in_exact_cents(client):
     assert key.metadata == {"team": "search", "cost_center": 42}
 
     listing = client.get(reverse("org-keys", args=[organization.slug])).content.decode()
-    assert "$1,234.56/mo" in listing
+    assert "of 1,234.56 USD" in listing
     assert "alert at 90%" in listing
 
 
