@@ -33,7 +33,7 @@ from portal.forms import (
     RoleForm,
 )
 from portal.roles import Perm, Role
-from usage.views import dashboard_usage
+from usage.views import dashboard_money, dashboard_usage
 
 
 def ratelimited(request, exception):
@@ -83,7 +83,11 @@ class DashboardView(OrganizationMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         if self.can(Perm.USAGE_VIEW):
-            context["usage"] = dashboard_usage(organization=self.organization, now=timezone.now())
+            now = timezone.now()
+            context["usage"] = dashboard_usage(organization=self.organization, now=now)
+            context["money"] = dashboard_money(
+                organization=self.organization, now=now, with_billing=self.can(Perm.BILLING_VIEW)
+            )
         return context
 
 

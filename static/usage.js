@@ -1,7 +1,8 @@
 // Usage charts: every <canvas data-chart="kind" data-source="id"> is drawn with Chart.js from
 // the JSON that the page embeds in <script id="id" type="application/json"> (json_script).
-// Kinds: "requests" and "tokens" (stacked by model), "overview" (requests by model and all tokens
-// per day). Each model comes with its colour (usage/colors.py), the same on every page; an element
+// Kinds: "requests" and "tokens" (stacked by model), "cost" (stacked by model, amounts in the
+// currency's minor unit, shown in its major unit as the server's money filter writes them: "12.34 USD"),
+// "overview" (requests by model and all tokens per day). Each model comes with its colour (usage/colors.py), the same on every page; an element
 // with data-color (a legend swatch) is painted with it.
 "use strict";
 
@@ -36,6 +37,15 @@
       y: { stacked: true, beginAtZero: true, ticks: countTicks },
     },
   });
+
+  // The minor-unit integers of a cost chart in the major unit, and how one reads with its currency.
+  const moneyFormat = (data) => {
+    const digits = new Intl.NumberFormat("en-US", {
+      minimumFractionDigits: data.exponent,
+      maximumFractionDigits: data.exponent,
+    });
+    return (value) => `${digits.format(value)} ${data.currency}`;
+  };
 
   const builders = {
     requests(data) {
@@ -72,6 +82,26 @@
           ]),
         },
         options: baseOptions(),
+      };
+    },
+
+    cost(data) {
+      const scale = 10 ** data.exponent;
+      const format = moneyFormat(data);
+      const options = baseOptions();
+      options.plugins.tooltip.callbacks.label = (item) => `${item.dataset.label}: ${format(item.parsed.y)}`;
+      options.scales.y.ticks = { callback: (value) => format(value) };
+      return {
+        type: "bar",
+        data: {
+          labels: data.labels,
+          datasets: data.models.map((series) => ({
+            label: series.model,
+            data: series.cost_minor.map((minor) => minor / scale),
+            backgroundColor: series.color,
+          })),
+        },
+        options,
       };
     },
 

@@ -12,7 +12,15 @@ from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
 
-from billing.selectors import usage_costs
+from billing.currency import minor_exponent
+from billing.selectors import (
+    FORECAST_DAYS,
+    billing_upcoming,
+    current_period,
+    month_to_date_costs,
+    usage_costs,
+    usage_forecast,
+)
 from keys.selectors import api_key_get
 from portal.console import OrganizationMixin
 from portal.errors import DomainError
@@ -203,6 +211,43 @@ def usage_by_model(*, organization, window: UsageWindow, chart: dict, key_id: in
     return {"rows": rows, "currency": costs.currency if costs else "", "cost_error": cost_error}
 
 
+def usage_cost_chart(
+    *, organization, window: UsageWindow, chart: dict, key_id: int | None = None
+) -> dict | None:
+    """Return each charted model's cost for every period of the window, zero-filled, in the
+    chart's order and colours; None when the window has no single currency (``usage_by_model``
+    says why).
+
+    The shape is what ``static/usage.js`` draws as ``cost``: ``labels``, ``currency`` and its
+    ``exponent`` (decimals of its minor unit), and per model ``cost_minor``, integers in the minor
+    unit aligned with the labels, each period rounded once as the CSV rounds its rows.
+    """
+    try:
+        costs = usage_costs(
+            organization=organization,
+            start=window.start,
+            end=window.end,
+            granularity=window.granularity,
+            group_by=("model",),
+            key_id=key_id,
+        )
+    except DomainError:
+        return None
+    index = {period: position for position, period in enumerate(window.periods())}
+    by_model = {series["model"]: [0] * len(index) for series in chart["models"]}
+    for (period, model), amount in costs.by_group.items():
+        by_model[model][index[period]] = amount
+    return {
+        "labels": chart["labels"],
+        "currency": costs.currency.upper(),
+        "exponent": minor_exponent(costs.currency),
+        "models": [
+            {"model": series["model"], "color": series["color"], "cost_minor": by_model[series["model"]]}
+            for series in chart["models"]
+        ],
+    }
+
+
 def usage_summary(*, organization, window: UsageWindow, key_id: int | None = None, top: int) -> dict:
     """Return the chart data, the totals and the busiest keys of one window."""
     chart = usage_chart(organization=organization, window=window, key_id=key_id)
@@ -222,6 +267,44 @@ def dashboard_usage(*, organization, now: datetime) -> dict:
     for row in summary["top_keys"]:
         row["url"] = f"{usage_url}?{urlencode({**window.query(), 'key': row['key_public_id']})}"
     return {**summary, "window": window, "url": f"{usage_url}?{urlencode(window.query())}"}
+
+
+def dashboard_money(*, organization, now: datetime, with_billing: bool) -> dict:
+    """Return the dashboard's money panel: the UTC month's usage cost so far, in total and by
+    model, and its forecast to the month's end; ``with_billing``, also the plan with its fee and
+    the invoice so far (usage lines and fee, as the Billing page rates them).
+
+    A month on plans of two currencies has no single amount: ``error`` says why instead.
+    """
+    try:
+        month_to_date = month_to_date_costs(organization=organization, now=now)
+        by_model = month_to_date_costs(organization=organization, now=now, group_by=("model",))
+    except DomainError as error:
+        return {"period": current_period(now), "error": error.message}
+    try:
+        forecast, forecast_error = (
+            usage_forecast(organization=organization, now=now, month_to_date=month_to_date),
+            "",
+        )
+    except DomainError as error:
+        forecast, forecast_error = None, error.message
+    money = {
+        "period": current_period(now),
+        "error": "",
+        "currency": month_to_date.currency,
+        "cost_minor": month_to_date.by_group.get((), 0),
+        "by_model": [
+            {"model": model, "color": model_color(model), "cost_minor": amount}
+            for (model,), amount in sorted(by_model.by_group.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        "forecast": forecast,
+        "forecast_error": forecast_error,
+        "forecast_days": FORECAST_DAYS,
+    }
+    if with_billing:
+        upcoming = billing_upcoming(organization=organization, now=now)
+        money.update(plan=upcoming.plan, invoice_minor=upcoming.rating.total_minor)
+    return money
 
 
 class UsageView(OrganizationMixin, TemplateView):
@@ -269,6 +352,12 @@ class UsageView(OrganizationMixin, TemplateView):
             csv_url=f"{reverse('org-usage-export', args=[self.organization.slug])}?{urlencode(query)}",
             api_csv_url=request.build_absolute_uri(f"{reverse('api-usage')}?{urlencode(api_query)}"),
             by_model=by_model,
+            cost_chart=usage_cost_chart(
+                organization=self.organization,
+                window=window,
+                chart=summary["chart"],
+                key_id=key.pk if key else None,
+            ),
             **summary,
         )
         return self.render_to_response(context)
