@@ -274,23 +274,20 @@ def dashboard_money(*, organization, now: datetime, with_billing: bool) -> dict:
     model, and its forecast to the month's end; ``with_billing``, also the plan with its fee and
     the invoice so far (usage lines and fee, as the Billing page rates them).
 
-    A month on plans of two currencies has no single amount: ``error`` says why instead.
+    The month's hours are all billed in the month itself (only a closed month's late usage moves
+    to the next), so its cost has one currency; the forecast's past days may not, and then
+    ``forecast_error`` says so.
     """
+    month_to_date = month_to_date_costs(organization=organization, now=now)
+    by_model = month_to_date_costs(organization=organization, now=now, group_by=("model",))
     try:
-        month_to_date = month_to_date_costs(organization=organization, now=now)
-        by_model = month_to_date_costs(organization=organization, now=now, group_by=("model",))
-    except DomainError as error:
-        return {"period": current_period(now), "error": error.message}
-    try:
-        forecast, forecast_error = (
-            usage_forecast(organization=organization, now=now, month_to_date=month_to_date),
-            "",
-        )
+        forecast = usage_forecast(organization=organization, now=now, month_to_date=month_to_date)
     except DomainError as error:
         forecast, forecast_error = None, error.message
+    else:
+        forecast_error = ""
     money = {
         "period": current_period(now),
-        "error": "",
         "currency": month_to_date.currency,
         "cost_minor": month_to_date.by_group.get((), 0),
         "by_model": [

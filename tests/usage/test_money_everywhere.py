@@ -452,3 +452,19 @@ def test_at_the_sessions_clock_the_forecast_adds_the_weeks_pace_for_the_time_lef
     forecast = month_to_date + round_minor(Decimal(recent) / 7 * left)
     assert money["month-to-date"] == format_minor(month_to_date, "usd")
     assert money["forecast"] == format_minor(forecast, "usd")
+
+
+def test_a_plan_in_another_currency_from_the_months_start_leaves_the_forecast_out_and_says_why(client, quiet):
+    organization, owner, key = quiet
+    euro = Plan.objects.create(name="Euro", currency="eur")
+    PlanAssignment.objects.create(organization=organization, plan=euro, period=date(2026, 12, 1))
+    with time_machine.travel(datetime(2026, 12, 3, 9, tzinfo=UTC), tick=False):
+        _daily_llama(organization, key, date(2026, 11, 26), 5, 1_000_000)
+        money = _dashboard_money(client, owner, organization)
+
+    # December has no usage yet, in euros; November's dollars cannot be added to it.
+    assert money["month-to-date"] == "0.00 EUR"
+    assert money["forecast"] == "—"
+    assert money["method"].startswith(
+        "The last days were billed in another currency: no forecast this month."
+    )
