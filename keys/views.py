@@ -177,6 +177,7 @@ def _month_to_date_spend(*, organization, keys, now) -> dict[int, dict]:
         }
     spend = {}
     for key in keys:
+        # Grouped by key, a row's group is the key's public id and name (usage.selectors.group_fields).
         cost = costs.by_group.get((key.public_id, key.name), 0)
         budget = key.budget_monthly_minor
         spend[key.pk] = {

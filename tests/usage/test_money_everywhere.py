@@ -468,3 +468,18 @@ def test_a_plan_in_another_currency_from_the_months_start_leaves_the_forecast_ou
     assert money["method"].startswith(
         "The last days were billed in another currency: no forecast this month."
     )
+
+
+def test_a_range_over_plans_in_two_currencies_has_no_cost_chart_and_says_why(client, quiet):
+    organization, owner, key = quiet
+    euro = Plan.objects.create(name="Euro", currency="eur")
+    PlanAssignment.objects.create(organization=organization, plan=euro, period=date(2026, 12, 1))
+    with time_machine.travel(datetime(2026, 12, 3, 9, tzinfo=UTC), tick=False):
+        _daily_llama(organization, key, date(2026, 11, 29), 4, 1_000_000)
+        response = _get(client, owner, "org-usage", organization.slug, range="7d")
+    html = response.content.decode()
+
+    assert 'id="usage-cost-chart"' not in html
+    assert 'id="chart-cost"' not in html
+    assert 'id="chart-requests"' in html
+    assert "This range spans plans in different currencies; choose a range within one of them." in html
