@@ -13,6 +13,7 @@ from django.contrib.auth.signals import user_login_failed
 from django.dispatch import receiver
 from django.urls import reverse
 
+from portal import selectors
 from portal.audit import Actor, audit_record
 from portal.emails import email_queue
 from portal.env import env_bool
@@ -56,6 +57,9 @@ class AccountAdapter(DefaultAccountAdapter):
         return f"[{settings.SITE_NAME}] {subject}"
 
     def get_login_redirect_url(self, request) -> str:
+        """Land on the invitations waiting for the user, if any; else on the console."""
+        if selectors.invitations_pending_for(user=request.user).exists():
+            return reverse("invitations-pending")
         return reverse("console-home")
 
     def _get_login_attempts_cache_key(self, request, **credentials) -> str:
