@@ -179,6 +179,13 @@ def test_every_signed_in_account_page_sits_in_the_console_shell_with_the_account
         marked = re.findall(r'<a href="[^"]+" aria-current="page">([^<]+)</a>', html)
         assert marked == ([current] if current else []), path
 
+    # An OpenID Connect client of the portal's own provider asks to log the person out.
+    html = _assert_console_page(client.get("/identity/o/logout"), ENTRANCE, "oidc logout")
+    assert re.findall(r"<button[^>]*>([^<]+)</button>", html.split("<main")[1]) == [
+        "Log out",
+        "Stay logged in",
+    ]
+
     # Without a usable password the password page is the one that sets it.
     user.set_unusable_password()
     user.save()
@@ -229,3 +236,31 @@ def test_log_in_and_sign_up_pages_offer_each_other_with_the_same_verbs(client):
     # The header offers the same two.
     header = login.split("<main")[0]
     assert re.findall(r'<a href="/accounts/(?:login|signup)/">([^<]+)</a>', header) == ["Log in", "Sign up"]
+
+
+def test_single_sign_on_offers_its_providers_as_buttons_and_asks_to_log_in_with_one(settings):
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "openid_connect": {
+            "APPS": [
+                {
+                    "provider_id": "corp",
+                    "name": "Corp",
+                    "client_id": "c",
+                    "secret": "s",
+                    "settings": {"server_url": "https://login.corp.example/realms/staff"},
+                }
+            ]
+        },
+    }
+    client = Client()
+    html = _assert_console_page(client.get("/accounts/login/"), ENTRANCE, "login with sso")
+    assert "<hr><h2>Or use single sign-on</h2>" in html
+    assert re.findall(r'<a role="button" class="secondary outline" href="([^"]+)">([^<]+)</a>', html) == [
+        ("/accounts/oidc/corp/login/?process=login", "Corp")
+    ]
+    html = _assert_console_page(
+        client.get("/accounts/oidc/corp/login/?process=login"), ENTRANCE, "sso confirmation"
+    )
+    assert "<h1>Log in with Corp</h1>" in html
+    assert "<p>You are about to log in to Tollgate with your Corp account.</p>" in html
+    assert re.findall(r"<button[^>]*>([^<]+)</button>", html.split("<main")[1]) == ["Continue"]
