@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 
 from keys import services
 from keys.models import ApiKey, ApiKeySecret, ServiceAccount
-from portal.admin import AuditedAdmin, ReadOnlyAdminMixin
+from portal.admin import AuditedAdmin, ReadOnlyAdminMixin, truncated
 from portal.audit import Actor
 
 
@@ -25,14 +25,14 @@ class ApiKeySecretInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedAdmin):
+    # Columns that fit beside the filters at 1280 px; long names are cut, whole in a tooltip.
     list_display = [
         "public_id",
-        "name",
-        "organization",
+        "short_name",
+        "organization_name",
         "environment",
         "key_status",
-        "created_at",
-        "last_used_at",
+        "last_used",
     ]
     list_filter = ["environment", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["organization"]
@@ -69,6 +69,18 @@ class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedAdmin):
     readonly_fields = fields
     inlines = [ApiKeySecretInline]
     actions = ["revoke"]
+
+    @admin.display(description="name", ordering="name")
+    def short_name(self, obj: ApiKey) -> str:
+        return truncated(obj.name, 24)
+
+    @admin.display(description="organization", ordering="organization__name")
+    def organization_name(self, obj: ApiKey) -> str:
+        return truncated(obj.organization, 24)
+
+    @admin.display(description="last used (UTC)", ordering="last_used_at")
+    def last_used(self, obj: ApiKey) -> str:
+        return f"{obj.last_used_at:%Y-%m-%d %H:%M}" if obj.last_used_at else "never"
 
     @admin.display(description="status")
     def key_status(self, obj: ApiKey) -> str:

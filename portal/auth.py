@@ -1,14 +1,19 @@
 """django-allauth glue: adapters and signal receivers that call Tollgate services."""
 
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.signals import password_changed, password_reset, user_logged_in
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
 from django.dispatch import receiver
 from django.urls import reverse
 
+from portal import selectors
 from portal.audit import Actor, audit_record
 from portal.emails import email_queue
 from portal.env import env_bool
@@ -19,12 +24,23 @@ class AccountAdapter(DefaultAccountAdapter):
         return env_bool("ACCOUNT_ALLOW_SIGNUP", True)
 
     def send_mail(self, template_prefix: str, email: str, context: dict) -> None:
-        """Render the email now, send it from a Celery worker after the commit."""
+        """Render the email now, send it from a Celery worker after the commit.
+
+        The site is named from the settings, never from the request's host name (allauth's
+        default without django.contrib.sites: "Hello from localhost:8000!").
+        """
         from allauth.core import context as allauth_context
-        from django.contrib.sites.shortcuts import get_current_site
 
         request = allauth_context.request
-        ctx = {"request": request, "email": email, "current_site": get_current_site(request)}
+        ctx = {
+            "request": request,
+            "email": email,
+            "current_site": SimpleNamespace(
+                name=settings.SITE_NAME, domain=urlsplit(settings.SITE_URL).netloc
+            ),
+            "site_name": settings.SITE_NAME,
+            "site_url": settings.SITE_URL,
+        }
         ctx.update(context)
         message = self.render_mail(template_prefix, email, ctx)
         html = next(
@@ -37,7 +53,13 @@ class AccountAdapter(DefaultAccountAdapter):
         )
         email_queue(to=list(message.to), subject=message.subject, body=message.body, html=html)
 
+    def format_email_subject(self, subject: str) -> str:
+        return f"[{settings.SITE_NAME}] {subject}"
+
     def get_login_redirect_url(self, request) -> str:
+        """Land on the invitations waiting for the user, if any; else on the console."""
+        if selectors.invitations_pending_for(user=request.user).exists():
+            return reverse("invitations-pending")
         return reverse("console-home")
 
     def _get_login_attempts_cache_key(self, request, **credentials) -> str:

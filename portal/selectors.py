@@ -1,6 +1,8 @@
 """Reads, always scoped to a tenant."""
 
 from django.db.models import QuerySet
+from django.db.models.functions import Lower
+from django.utils import timezone
 
 from portal.audit import audit_target
 from portal.models import AuditEvent, Invitation, Membership, Organization
@@ -40,6 +42,32 @@ def invitations_list(*, organization: Organization) -> QuerySet[Invitation]:
 
 def invitation_get(*, organization: Organization, invitation_id) -> Invitation | None:
     return invitations_list(organization=organization).filter(pk=invitation_id).first()
+
+
+def invitations_pending_for(*, user) -> QuerySet[Invitation]:
+    """Return the usable invitations to the user's verified addresses, from organizations
+    they have not joined yet, soonest to expire first."""
+    from allauth.account.models import EmailAddress
+
+    addresses = EmailAddress.objects.filter(user=user, verified=True).values(address=Lower("email"))
+    return (
+        Invitation.objects.all_tenants()
+        .select_related("organization", "invited_by")
+        .annotate(address=Lower("email"))
+        .filter(
+            address__in=addresses,
+            accepted_at=None,
+            revoked_at=None,
+            expires_at__gt=timezone.now(),
+        )
+        .exclude(organization__memberships__user=user)
+        .order_by("expires_at")
+    )
+
+
+def invitation_pending_get(*, user, invitation_id) -> Invitation | None:
+    """Return one of the user's pending invitations; None for anyone else's, as for a missing one."""
+    return invitations_pending_for(user=user).filter(pk=invitation_id).first()
 
 
 def audit_events_list(

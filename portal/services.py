@@ -357,42 +357,79 @@ def invitation_check(*, token: str) -> Invitation:
     )
 
 
-def invitation_accept(*, actor: Actor, token: str) -> Membership:
-    """Join the invitation's organization with its role. The link works once."""
+def _invitation_addressed_to(user, invitation: Invitation | None) -> Invitation:
+    """Return the usable invitation if one of the user's verified addresses is the invited one."""
     from allauth.account.models import EmailAddress
 
+    invitation = _invitation_usable(invitation)
+    verified = EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists()
+    if not verified:
+        raise InvitationInvalid(
+            f"This invitation is for {invitation.email}. Log in with that address (verified) to accept it."
+        )
+    return invitation
+
+
+def _invitation_join(*, actor: Actor, invitation: Invitation | None) -> Membership:
+    """Join a locked invitation's organization with its role, as its verified addressee."""
     user = actor.user
+    invitation = _invitation_addressed_to(user, invitation)
+    organization = invitation.organization
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(user=user, organization=organization, role=invitation.role)
+    except IntegrityError:
+        raise Conflict(f"You are already a member of {organization.name}.") from None
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_record(
+        actor=actor,
+        organization=organization,
+        action="member.joined",
+        target=user,
+        metadata={"email": user.email, "role": invitation.role, "invitation": invitation.pk},
+    )
+    return membership
+
+
+def invitation_accept(*, actor: Actor, token: str) -> Membership:
+    """Join the invitation's organization with its role. The link works once."""
     with transaction.atomic():
-        invitation = _invitation_usable(
+        invitation = (
             Invitation.objects.all_tenants()
             .select_for_update()
             .filter(token_hash=invitation_token_hash(token))
             .first()
         )
-        verified = EmailAddress.objects.filter(
-            user=user, email__iexact=invitation.email, verified=True
-        ).exists()
-        if not verified:
-            raise InvitationInvalid(
-                f"This invitation is for {invitation.email}. Log in with that address "
-                "(verified) to accept it."
-            )
-        organization = invitation.organization
-        try:
-            with transaction.atomic():
-                membership = Membership.objects.create(
-                    user=user, organization=organization, role=invitation.role
-                )
-        except IntegrityError:
-            raise Conflict(f"You are already a member of {organization.name}.") from None
-        invitation.accepted_at = timezone.now()
-        invitation.accepted_by = user
-        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        return _invitation_join(actor=actor, invitation=invitation)
+
+
+def invitation_accept_pending(*, actor: Actor, invitation: Invitation) -> Membership:
+    """Join from the list of the user's pending invitations (no link needed: the address is theirs)."""
+    with transaction.atomic():
+        locked = Invitation.objects.all_tenants().select_for_update().filter(pk=invitation.pk).first()
+        return _invitation_join(actor=actor, invitation=locked)
+
+
+def invitation_decline(*, actor: Actor, invitation: Invitation) -> Invitation:
+    """Turn down an invitation addressed to the actor: its link stops working, as when revoked."""
+    with transaction.atomic():
+        invitation = _invitation_addressed_to(
+            actor.user,
+            Invitation.objects.all_tenants()
+            .select_for_update()
+            .select_related("organization")
+            .filter(pk=invitation.pk)
+            .first(),
+        )
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
         audit_record(
             actor=actor,
-            organization=organization,
-            action="member.joined",
-            target=user,
-            metadata={"email": user.email, "role": invitation.role, "invitation": invitation.pk},
+            organization=invitation.organization,
+            action="member.invitation_declined",
+            target=invitation,
+            metadata={"email": invitation.email},
         )
-    return membership
+    return invitation

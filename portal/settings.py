@@ -26,6 +26,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env_url("SITE_URL", "http://localhost:8000", schemes=("http", "https")).rstrip("/")
+# The product's name in account emails (greeting, subject prefix) and authenticator apps.
+SITE_NAME = env_str("SITE_NAME", "Tollgate").strip()
+if not SITE_NAME:
+    raise ImproperlyConfigured("SITE_NAME must not be empty")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -132,7 +136,6 @@ ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
-ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Tollgate] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = SITE_URL.split(":", 1)[0]
 # login_failed: "ip" is the client address, "key" is address + account (see
 # AccountAdapter._get_login_attempts_cache_key), so nobody can lock out another's account.
@@ -163,7 +166,7 @@ if GITHUB_CLIENT_ID:
         "SCOPE": ["user:email"],
     }
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
-MFA_TOTP_ISSUER = "Tollgate"
+MFA_TOTP_ISSUER = SITE_NAME
 
 # Brute-force protection beyond allauth's own limits (django-ratelimit, per client IP).
 RATELIMIT_USE_CACHE = "default"

@@ -56,6 +56,17 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("allauth.idp.urls")),
     path("orgs/new/", views.OrganizationCreateView.as_view(), name="org-create"),
+    path("invitations/", views.PendingInvitationsView.as_view(), name="invitations-pending"),
+    path(
+        "invitations/pending/<int:invitation_id>/accept/",
+        views.PendingInvitationActionView.as_view(action="accept"),
+        name="invitation-pending-accept",
+    ),
+    path(
+        "invitations/pending/<int:invitation_id>/decline/",
+        views.PendingInvitationActionView.as_view(action="decline"),
+        name="invitation-pending-decline",
+    ),
     path("invitations/<str:token>/", views.InvitationAcceptView.as_view(), name="invitation-accept"),
     path("o/<slug:org_slug>/", include(org_patterns)),
     path("o/<slug:org_slug>/", include("keys.urls")),

@@ -45,9 +45,12 @@ def ratelimited(request, exception):
 
 @login_required
 def console_home(request):
-    """Send the user to their current organization, or to create their first one."""
+    """Send the user to their current organization; without one, to the invitations waiting
+    for them, or to create their first organization."""
     organizations = list(selectors.organizations_for_user(user=request.user))
     if not organizations:
+        if selectors.invitations_pending_for(user=request.user).exists():
+            return redirect("invitations-pending")
         return redirect("org-create")
     slug = request.session.get(SESSION_ORG_KEY)
     chosen = next((org for org in organizations if org.slug == slug), organizations[0])
@@ -60,7 +63,12 @@ class OrganizationCreateView(View):
 
     def get(self, request):
         first = not selectors.organizations_for_user(user=request.user).exists()
-        return render(request, self.template_name, {"form": OrganizationCreateForm(), "first": first})
+        pending = selectors.invitations_pending_for(user=request.user).count()
+        return render(
+            request,
+            self.template_name,
+            {"form": OrganizationCreateForm(), "first": first, "pending_invitations": pending},
+        )
 
     def post(self, request):
         form = OrganizationCreateForm(request.POST)
@@ -218,6 +226,44 @@ class InvitationAcceptView(View):
             request, f"You joined {membership.organization.name} as {membership.get_role_display()}."
         )
         return redirect("org-dashboard", org_slug=membership.organization.slug)
+
+
+@method_decorator(login_required, name="dispatch")
+class PendingInvitationsView(TemplateView):
+    """The invitations waiting for the user, to accept or decline without their email link."""
+
+    template_name = "portal/invitations_pending.html"
+
+    def get_context_data(self, **kwargs):
+        user = self.request.user
+        return super().get_context_data(
+            invitations=selectors.invitations_pending_for(user=user),
+            has_organizations=selectors.organizations_for_user(user=user).exists(),
+            **kwargs,
+        )
+
+
+@method_decorator(login_required, name="dispatch")
+class PendingInvitationActionView(View):
+    action: str = ""
+
+    def post(self, request, invitation_id):
+        invitation = selectors.invitation_pending_get(user=request.user, invitation_id=invitation_id)
+        if invitation is None:
+            raise Http404("No such invitation.")
+        actor = Actor.from_request(request)
+        try:
+            if self.action == "accept":
+                membership = services.invitation_accept_pending(actor=actor, invitation=invitation)
+                messages.success(
+                    request, f"You joined {membership.organization.name} as {membership.get_role_display()}."
+                )
+                return redirect("org-dashboard", org_slug=membership.organization.slug)
+            services.invitation_decline(actor=actor, invitation=invitation)
+            messages.success(request, f"You declined the invitation to join {invitation.organization.name}.")
+        except DomainError as error:
+            messages.error(request, error.message)
+        return redirect("invitations-pending")
 
 
 class SettingsView(OrganizationMixin, TemplateView):

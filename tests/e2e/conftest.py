@@ -89,5 +89,5 @@ def log_in(page: Page, base_url: str, email: str, password: str = PASSWORD) -> N
     page.goto(f"{base_url}/accounts/login/")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Log in", exact=True).click()
     expect(page).not_to_have_url(_LOGIN_PAGE)

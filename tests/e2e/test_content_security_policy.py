@@ -85,10 +85,10 @@ def test_console_pages_mfa_and_api_docs_run_without_a_single_policy_violation(ne
     page.goto(log_in_page)
     page.get_by_label("Email").fill("owner@example.com")
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Log in", exact=True).click()
     expect(page).to_have_url(f"{base}/accounts/2fa/authenticate/")
     page.get_by_label("Code").fill(codes[0])
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Log in", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Acme AI")
 
     # The API docs: Swagger UI's bundle and its start-up script are files too.

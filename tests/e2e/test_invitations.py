@@ -55,11 +55,11 @@ def test_owner_invites_developer_who_signs_up_and_joins(new_context, live_server
         "You are invited to join Acme AI as Developer by owner@example.com."
     )
     invitee.get_by_role("button", name="Create account").click()
-    expect(invitee.get_by_role("heading", level=1)).to_have_text("Sign Up")
+    expect(invitee.get_by_role("heading", level=1)).to_have_text("Sign up")
     invitee.get_by_label("Email").fill("dev@example.com")
-    invitee.get_by_label("Password:", exact=True).fill(PASSWORD)
-    invitee.get_by_label("Password (again):", exact=True).fill(PASSWORD)
-    invitee.get_by_role("button", name="Sign Up").click()
+    invitee.get_by_label("Password", exact=True).fill(PASSWORD)
+    invitee.get_by_label("Password (again)", exact=True).fill(PASSWORD)
+    invitee.get_by_role("button", name="Sign up", exact=True).click()
 
     # The invitation link proved the address: no verification email, straight back to it.
     expect(invitee).to_have_url(invitation_url)

@@ -27,16 +27,16 @@ def test_new_user_signs_up_verifies_email_and_creates_first_organization(page, l
     base = live_server.url
     page.goto(f"{base}/")
     expect(page).to_have_url(f"{base}/accounts/login/?next=/")
-    expect(page.get_by_role("heading", level=1)).to_have_text("Sign In")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
 
     page.get_by_role("main").get_by_role("link", name="sign up").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Sign Up")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Sign up")
     page.get_by_label("Email").fill("founder@example.com")
-    page.get_by_label("Password:", exact=True).fill(PASSWORD)
-    page.get_by_label("Password (again):", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Sign Up").click()
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password (again)", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign up", exact=True).click()
 
-    expect(page.get_by_role("heading", level=1)).to_have_text("Verify Your Email Address")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Verify your email address")
     expect(page.get_by_role("main")).to_contain_text("We have sent an email to you for verification.")
     user = User.objects.get(email="founder@example.com")
     assert EmailAddress.objects.get(user=user).verified is False

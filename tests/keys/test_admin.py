@@ -69,16 +69,20 @@ def test_changelist_shows_key_columns(client, staff, organization):
     content = response.content.decode()
     assert re.findall(r'<th scope="col" class="[^"]*column-(\w+)', content) == [
         "public_id",
-        "name",
-        "organization",
+        "short_name",
+        "organization_name",
         "environment",
         "key_status",
-        "created_at",
-        "last_used_at",
+        "last_used",
     ]
     assert f'<th class="field-public_id"><a href="/admin/keys/apikey/{key.pk}/change/">' in content
-    assert '<td class="field-name">listed key</td>' in content
-    assert '<td class="field-organization nowrap">Acme Robotics (acme-robotics)</td>' in content
+    assert '<td class="field-short_name">listed key</td>' in content
+    # Longer than the column: cut, the whole of it in the tooltip.
+    assert (
+        '<td class="field-organization_name"><span title="Acme Robotics (acme-robotics)">'
+        "Acme Robotics (acme-rob…</span></td>"
+    ) in content
+    assert '<td class="field-last_used">never</td>' in content
     assert '<td class="field-key_status">Revoked</td>' in content
 
 

@@ -142,6 +142,20 @@ FORMS = {
         "org-dashboard",
         user=_joiner,
     ),
+    "invitation-pending-accept": Form(
+        lambda org: reverse("invitation-pending-accept", args=[_invitation(org, "joiner@example.com")[0].pk]),
+        {},
+        "org-dashboard",
+        user=_joiner,
+    ),
+    "invitation-pending-decline": Form(
+        lambda org: reverse(
+            "invitation-pending-decline", args=[_invitation(org, "joiner@example.com")[0].pk]
+        ),
+        {},
+        "invitations-pending",
+        user=_joiner,
+    ),
     "org-key-create": Form(
         lambda org: reverse("org-key-create", args=[org.slug]), NEW_KEY, "org-key-secret", reload_status=410
     ),

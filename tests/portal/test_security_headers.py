@@ -116,6 +116,14 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
     key, _secret = key_services.api_key_create(
         actor=Actor(user=owner), organization=organization, name="Search backend"
     )
+    # An invitation from another organization: the owner's invitations page is linked too.
+    other_owner = make_user("other@example.com")
+    services.invitation_create(
+        actor=Actor(user=other_owner),
+        organization=make_org(other_owner, name="Beta Labs"),
+        email="owner@example.com",
+        role=Role.VIEWER,
+    )
     client.force_login(owner)
 
     # The one-time secret page comes from a form, not a link.
@@ -166,6 +174,9 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
         "/accounts/2fa/",
         "/accounts/2fa/totp/activate/",
         "/accounts/email/",
+        "/accounts/password/change/",
+        "/accounts/3rdparty/",
+        "/invitations/",
     ):
         assert path in visited
     assert pages >= 15
@@ -173,7 +184,14 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
 
 def test_sign_in_pages_carry_the_policies_without_a_session():
     client = Client()
-    for path in ("/accounts/login/", "/accounts/signup/", "/accounts/password/reset/"):
+    for path in (
+        "/accounts/login/",
+        "/accounts/signup/",
+        "/accounts/password/reset/",
+        "/accounts/password/reset/done/",
+        "/accounts/inactive/",
+        "/accounts/3rdparty/login/cancelled/",
+    ):
         response = client.get(path)
         assert response.status_code == 200
         _assert_headers(response, path)
