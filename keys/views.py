@@ -5,7 +5,7 @@ redirects to shows the secret once from a server-side stash (``portal.reveal``),
 ``Cache-Control: no-store``. A reload neither repeats the action nor shows the secret again.
 """
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -236,6 +236,15 @@ def _live_limits(key: ApiKey, *, now) -> list[dict]:
     return limits
 
 
+def _rotations(events: list) -> list:
+    """Return the key's rotation events, each with the time its previous secret stops (or None)."""
+    rotations = [event for event in events if event.action == "key.rotated"]
+    for event in rotations:
+        stops = event.metadata.get("previous_expires_at")
+        event.previous_stops = datetime.fromisoformat(stops) if stops else None
+    return rotations
+
+
 class KeyDetailView(KeyObjectMixin, ConsolePage):
     """One key: its settings, its load in the last minute against its limits, this month's spend
     against its budget, last week's usage, its secrets and rotations, its audit trail, and
@@ -259,7 +268,7 @@ class KeyDetailView(KeyObjectMixin, ConsolePage):
             chart=chart,
             daily=_daily_usage(self.key, window=window),
             has_usage=bool(chart["models"]),
-            rotations=[event for event in events if event.action == "key.rotated"],
+            rotations=_rotations(events),
             events=events,
             usage_url=f"{usage_url}?{urlencode({**window.query(), 'key': self.key.public_id})}",
             can_manage=self.can(Perm.KEYS_MANAGE),
