@@ -1,4 +1,5 @@
-"""Seed the demo: an owner, the "Demo Inc" organization and a staff admin. Safe to run again."""
+"""Seed the demo: an owner, the "Demo Inc" organization, its keys and weeks of their usage, last
+month's invoice, a past-due organization and a staff admin. Safe to run again."""
 
 import os
 import secrets
@@ -330,6 +331,7 @@ def _edge_event(*, key, traffic: Traffic, request: Request) -> dict:
         "ended_at_ms": ended_ms,
     }
     if request.reason:
+        # Beyond schema v1's fields: why the edge failed or refused the request (its error code).
         event["reason"] = request.reason
     return event
 
@@ -437,7 +439,10 @@ def _demo_stripe_ensure(*, owner: User, organization: Organization, card: str) -
 
 
 class Command(BaseCommand):
-    help = "Create the demo owner, the Demo Inc organization and a staff admin; print their credentials."
+    help = (
+        "Create the demo owner, the Demo Inc organization with its keys and usage history, and a staff "
+        "admin; print their credentials."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
