@@ -5,7 +5,7 @@ redirects to shows the secret once from a server-side stash (``portal.reveal``),
 ``Cache-Control: no-store``. A reload neither repeats the action nor shows the secret again.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -45,6 +45,8 @@ KEYS_PER_PAGE = 50
 KEY_USAGE_DAYS = 7
 KEY_AUDIT_EVENTS = 50
 GLOB_CHARACTERS = frozenset("*?[")
+# What the key page's snippets show where the secret goes: the secret itself is shown only once.
+SECRET_PLACEHOLDER = "YOUR_SECRET_KEY"
 
 
 def _example_model(key: ApiKey) -> str:
@@ -216,9 +218,50 @@ def _daily_usage(key: ApiKey, *, window: UsageWindow) -> dict:
     }
 
 
+LIVE_LIMITS = (
+    ("rpm", "Requests per minute", "rpm_limit"),
+    ("tpm", "Tokens per minute", "tpm_limit"),
+    ("concurrency", "Concurrent requests (peak)", "concurrency_limit"),
+)
+
+
+def _live_limits(key: ApiKey, *, now) -> list[dict]:
+    """Return the key's load in the last minute against each of its rate limits.
+
+    A limit of None is no limit: the load shows without a bar.
+    """
+    load = selectors.api_key_last_minute(key=key, now=now)
+    limits = []
+    for name, label, field in LIVE_LIMITS:
+        limit = getattr(key, field)
+        value = load[name]
+        limits.append(
+            {
+                "name": name,
+                "label": label,
+                "value": value,
+                "limit": limit,
+                "percent": value * 100 // limit if limit else None,
+                # As with the budget, a bar stops at its end; the percent says how far past it.
+                "bar_value": min(value, limit) if limit else None,
+            }
+        )
+    return limits
+
+
+def _rotations(events: list) -> list:
+    """Return the key's rotation events, each with the time its previous secret stops (or None)."""
+    rotations = [event for event in events if event.action == "key.rotated"]
+    for event in rotations:
+        stops = event.metadata.get("previous_expires_at")
+        event.previous_stops = datetime.fromisoformat(stops) if stops else None
+    return rotations
+
+
 class KeyDetailView(KeyObjectMixin, ConsolePage):
-    """One key: its settings, this month's spend against its budget, last week's usage, its
-    secrets and rotations, and its audit trail."""
+    """One key: its settings, its load in the last minute against its limits, this month's spend
+    against its budget, last week's usage, its secrets and rotations, its audit trail, and
+    snippets that call the edge with it."""
 
     template_name = "keys/key_detail.html"
     required_permission = Perm.KEYS_VIEW
@@ -232,15 +275,19 @@ class KeyDetailView(KeyObjectMixin, ConsolePage):
         usage_url = reverse("org-usage", args=[self.organization.slug])
         return super().get_context_data(
             secrets=self.key.secrets.all(),
+            limits=_live_limits(self.key, now=now),
             spend=_month_to_date_spend(organization=self.organization, keys=[self.key], now=now)[self.key.pk],
             window=window,
             chart=chart,
             daily=_daily_usage(self.key, window=window),
             has_usage=bool(chart["models"]),
-            rotations=[event for event in events if event.action == "key.rotated"],
+            rotations=_rotations(events),
             events=events,
             usage_url=f"{usage_url}?{urlencode({**window.query(), 'key': self.key.public_id})}",
             can_manage=self.can(Perm.KEYS_MANAGE),
+            edge_url=settings.EDGE_PUBLIC_URL,
+            example_model=_example_model(self.key),
+            secret=SECRET_PLACEHOLDER,
             **kwargs,
         )
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +22,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+# Full-page screenshots of every console page (tests/e2e/test_every_page.py), kept for a reviewer.
+SCREENSHOTS = Path(__file__).resolve().parents[2] / ".run" / "screenshots"
 expect.set_options(timeout=TIMEOUT_MS)
 _LOGIN_PAGE = re.compile(r"/accounts/login/")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
@@ -91,3 +94,10 @@ def log_in(page: Page, base_url: str, email: str, password: str = PASSWORD) -> N
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in", exact=True).click()
     expect(page).not_to_have_url(_LOGIN_PAGE)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say where the screenshots are, when this run took them."""
+    reports = (report for kind in terminalreporter.stats.values() for report in kind)
+    if any("test_every_page.py" in getattr(report, "nodeid", "") for report in reports):
+        terminalreporter.write_sep("-", f"screenshots of every console page: {SCREENSHOTS}/<width>/")

@@ -5,6 +5,8 @@ from decimal import Decimal
 import pytest
 from allauth.account.models import EmailAddress
 from django.core.management import CommandError, call_command
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from billing.models import Invoice, ModelPrice
@@ -13,9 +15,10 @@ from keys.models import ApiKey, ApiKeySecret
 from keys.services import secret_hash
 from portal import services
 from portal.audit import Actor
+from portal.management.commands.demo_seed import DEMO_PRICES, RAW_EVENT_DAYS
 from portal.models import AuditEvent, Membership, Organization, User
 from tests.factories import make_user
-from usage.models import ClosedPeriod, UsageRollup
+from usage.models import ClosedPeriod, UsageEvent, UsageRollup
 from usage.partitions import add_months, month_start
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +41,7 @@ def expected_output(password: str, key_file=None) -> str:
         "Past due (dunning) Overdue Ltd  http://testserver/o/demo-overdue/billing/\n"
         f"Owner (console)    {OWNER}  password: {password}\n"
         f"Staff (admin)      {ADMIN}  password: {password}  http://testserver/admin/\n"
-        f"API key (edge)     {secret}  models: demo-chat, demo-embed\n"
+        f"API key (edge)     {secret}  models: demo-chat, demo-embed, demo-reason\n"
     )
 
 
@@ -66,11 +69,24 @@ def database_rows() -> dict:
         "prices": list(
             ModelPrice.objects.order_by("model").values_list("pk", "model", "output_per_mtok_minor")
         ),
+        "rollups": list(
+            UsageRollup.unscoped.order_by("pk").values_list(
+                "pk", "key_id", "model", "hour", "billed_period", "requests", "errors", "input_tokens"
+            )
+        ),
+        "events": list(
+            UsageEvent.unscoped.order_by("occurred_at", "event_id").values_list(
+                "event_id", "key_id", "status", "input_tokens", "output_tokens"
+            )
+        ),
+        "invoices": list(
+            Invoice.objects.order_by("pk").values_list("pk", "organization__slug", "total_minor")
+        ),
     }
 
 
 def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_credentials(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, frozen_now
 ):
     monkeypatch.delenv("DEMO_PASSWORD", raising=False)
     password_file = tmp_path / "demo_password"
@@ -113,32 +129,42 @@ def test_seed_twice_creates_owner_organization_and_admin_once_with_the_same_cred
         (ADMIN, ADMIN, True, True),
         (OWNER, OWNER, True, True),
     ]
-    key = ApiKey.unscoped.get(name="Demo key")
-    overdue_key = ApiKey.unscoped.get(name="Overdue key")
+    keys = {key.name: key.public_id for key in ApiKey.unscoped.all()}
     prices = ModelPrice.objects.order_by("model")
     invoices = {invoice.organization_id: invoice.public_id for invoice in Invoice.objects.all()}
     assert [row[1:] for row in after_first["audit"]] == [
         ("organization.created", OWNER, str(organization.pk)),
-        ("key.created", OWNER, key.public_id),
+        ("key.created", OWNER, keys["Demo key"]),
         ("price.set", OWNER, str(prices[0].pk)),
         ("price.set", OWNER, str(prices[1].pk)),
+        ("price.set", OWNER, str(prices[2].pk)),
         ("organization.created", OWNER, str(overdue.pk)),
-        ("key.created", OWNER, overdue_key.public_id),
+        ("key.created", OWNER, keys["Overdue key"]),
+        ("key.created", OWNER, keys["Search backend"]),
+        ("key.created", OWNER, keys["Support bot"]),
+        ("key.created", OWNER, keys["Staging"]),
         ("invoice.built", "system", invoices[organization.pk]),
         ("invoice.built", "system", invoices[overdue.pk]),
     ]
     assert sorted(row[1:] for row in after_first["keys"]) == [
         ("Demo key", ["demo-*"], 600),
         ("Overdue key", [], None),
+        ("Search backend", ["demo-embed", "demo-chat"], 1200),
+        ("Staging", ["demo-chat"], 60),
+        ("Support bot", ["demo-chat", "demo-reason"], 120),
     ]
     assert [row[1:] for row in after_first["prices"]] == [
         ("demo-chat", Decimal("150.000000")),
-        ("demo-embed", Decimal("150.000000")),
+        ("demo-embed", Decimal("0.000000")),
+        ("demo-reason", Decimal("1200.000000")),
     ]
+    assert after_first["rollups"] and after_first["events"]
 
 
 @pytest.mark.clock
-def test_seed_gives_the_demo_last_months_closed_invoice_and_this_months_usage(tmp_path, monkeypatch):
+def test_seed_gives_the_demo_last_months_closed_invoice_and_this_months_usage(
+    tmp_path, monkeypatch, frozen_now
+):
     monkeypatch.delenv("DEMO_PASSWORD", raising=False)
     seed(tmp_path / "demo_password")
     seed(tmp_path / "demo_password")
@@ -150,38 +176,104 @@ def test_seed_gives_the_demo_last_months_closed_invoice_and_this_months_usage(tm
     assert (invoice.organization, invoice.period, invoice.status) == (organization, last_month, "draft")
     assert ClosedPeriod.objects.filter(period=last_month).exists()
     lines = list(invoice.lines.values_list("model", "tokens", "quantity", "amount_minor"))
-    assert [line[:2] for line in lines] == [
-        ("demo-chat", "input"),
-        ("demo-chat", "cached_input"),
-        ("demo-chat", "output"),
-        ("demo-embed", "input"),
-    ]
-    # Every line is its tokens at the demo prices (50, 25, 150 per million), rounded once.
-    hours = lines[3][2] // 900_000
-    assert hours > 0
-    assert lines == [
-        ("demo-chat", "input", 300_000 * hours, round_minor(Decimal(300_000 * hours * 50) / 1_000_000)),
-        (
-            "demo-chat",
-            "cached_input",
-            120_000 * hours,
-            round_minor(Decimal(120_000 * hours * 25) / 1_000_000),
-        ),
-        ("demo-chat", "output", 96_000 * hours, round_minor(Decimal(96_000 * hours * 150) / 1_000_000)),
-        ("demo-embed", "input", 900_000 * hours, round_minor(Decimal(900_000 * hours * 50) / 1_000_000)),
-    ]
+    # Every line is the month's rolled-up tokens at the demo prices (cents per million), rounded once.
+    expected = []
+    for model, prices in DEMO_PRICES.items():
+        sums = UsageRollup.unscoped.filter(
+            organization=organization, billed_period=last_month, model=model
+        ).aggregate(
+            input=Sum(F("input_tokens") - F("cached_tokens")),
+            cached_input=Sum("cached_tokens"),
+            output=Sum("output_tokens"),
+        )
+        for tokens, price in zip(("input", "cached_input", "output"), map(Decimal, prices), strict=True):
+            if sums[tokens] and price:
+                expected.append((model, tokens, sums[tokens], round_minor(sums[tokens] * price / 1_000_000)))
+    assert sorted(lines) == sorted(expected)
+    assert {line[0] for line in lines} == {"demo-chat", "demo-embed", "demo-reason"}
     assert invoice.total_minor == sum(line[3] for line in lines)
     # This month's usage so far is billed in this month, which stays open.
-    assert UsageRollup.unscoped.filter(organization=organization, billed_period=this_month).exists() == (
-        timezone.now() - timedelta(hours=1) > first_working_hour(this_month)
+    this_months = UsageRollup.unscoped.filter(
+        organization=organization, hour__gte=datetime.combine(this_month, time.min, tzinfo=UTC)
     )
+    assert set(this_months.values_list("billed_period", flat=True)) <= {this_month}
 
 
-def first_working_hour(month):
-    day = datetime.combine(month, time(9), tzinfo=UTC)
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
+@pytest.mark.clock
+def test_seed_gives_weeks_of_usage_over_several_keys_and_models_and_recent_raw_events_with_failures(
+    tmp_path, monkeypatch, frozen_now
+):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+
+    seed(tmp_path / "demo_password")
+
+    organization = Organization.objects.get(slug="demo")
+    rollups = UsageRollup.unscoped.filter(organization=organization)
+    assert set(rollups.values_list("key__name", flat=True)) == {
+        "Demo key",
+        "Search backend",
+        "Support bot",
+        "Staging",
+    }
+    assert set(rollups.values_list("model", flat=True)) == {"demo-chat", "demo-embed", "demo-reason"}
+    first_hour = datetime.combine(add_months(month_start(frozen_now.date()), -1), time.min, tzinfo=UTC)
+    assert rollups.order_by("hour").values_list("hour", flat=True)[0] == first_hour
+    assert rollups.filter(errors__gt=0).exists()
+    # The last days are raw events, up to now, as the edge reports them and the ingestion stores them.
+    raw_from = datetime.combine(frozen_now.date() - timedelta(days=RAW_EVENT_DAYS - 1), time.min, tzinfo=UTC)
+    events = UsageEvent.unscoped.filter(organization=organization)
+    assert events.count() > 1000
+    assert events.order_by("occurred_at").values_list("occurred_at", flat=True)[0] >= raw_from
+    assert events.order_by("-occurred_at").values_list("occurred_at", flat=True)[0] <= frozen_now
+    statuses = set(events.values_list("status", flat=True))
+    assert {200, 402, 403, 429} <= statuses
+    assert statuses & {502, 504}
+    assert not events.filter(status__gte=400).exclude(input_tokens=0, output_tokens=0).exists()
+    assert not events.filter(status=200, latency_ms__isnull=True).exists()
+    # Every rollup of those days is exactly its raw events: none was also seeded as a rollup.
+    by_hour = {
+        (row["key_id"], row["model"], row["hour"]): row
+        for row in events.annotate(hour=TruncHour("occurred_at"))
+        .values("key_id", "model", "hour")
+        .annotate(
+            requests=Count("event_id"),
+            errors=Count("event_id", filter=Q(status__gte=400)),
+            tokens=Sum("input_tokens"),
+        )
+    }
+    recent = {
+        (row.key_id, row.model, row.hour): {
+            "key_id": row.key_id,
+            "model": row.model,
+            "hour": row.hour,
+            "requests": row.requests,
+            "errors": row.errors,
+            "tokens": row.input_tokens,
+        }
+        for row in rollups.filter(hour__gte=raw_from)
+    }
+    assert recent == by_hour
+
+
+def test_seed_again_later_adds_only_the_requests_that_ended_in_between(
+    tmp_path, monkeypatch, frozen_now, time_machine
+):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    seed(tmp_path / "demo_password")
+    before = set(UsageEvent.unscoped.values_list("event_id", flat=True))
+    requests_before = UsageRollup.unscoped.aggregate(total=Sum("requests"))["total"]
+    later = frozen_now + timedelta(minutes=20)
+    time_machine.move_to(later, tick=False)
+
+    seed(tmp_path / "demo_password")
+
+    after = UsageEvent.unscoped.all()
+    added = after.exclude(event_id__in=before)
+    assert set(after.filter(occurred_at__lte=frozen_now).values_list("event_id", flat=True)) == before
+    assert added.exists()
+    assert not added.filter(occurred_at__lte=frozen_now).exists()
+    assert not added.filter(occurred_at__gt=later).exists()
+    assert UsageRollup.unscoped.aggregate(total=Sum("requests"))["total"] == requests_before + added.count()
 
 
 def test_seed_mints_a_new_demo_secret_when_the_stored_one_is_lost(tmp_path, monkeypatch):

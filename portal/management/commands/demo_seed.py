@@ -1,9 +1,15 @@
-"""Seed the demo: an owner, the "Demo Inc" organization and a staff admin. Safe to run again."""
+"""Seed the demo: an owner, the "Demo Inc" organization, its keys and weeks of their usage, last
+month's invoice, a past-due organization and a staff admin. Safe to run again."""
 
 import os
 import secrets
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
+from random import Random
+from typing import NamedTuple
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
@@ -11,6 +17,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from edge.events import SCHEMA_VERSION
+from edge.records import Price
 from portal import services
 from portal.audit import Actor
 from portal.env import env_str
@@ -85,7 +93,13 @@ def _organization_ensure(*, owner: User) -> Organization:
 
 
 DEMO_KEY_NAME = "Demo key"
-DEMO_MODELS = ("demo-chat", "demo-embed")
+DEMO_MODELS = ("demo-chat", "demo-embed", "demo-reason")
+# Cents per million tokens: (input, cached input, output), from the start of last month.
+DEMO_PRICES = {
+    "demo-chat": ("50", "25", "150"),
+    "demo-embed": ("10", "10", "0"),
+    "demo-reason": ("300", "150", "1200"),
+}
 OVERDUE_NAME = "Overdue Ltd"
 OVERDUE_SLUG = "demo-overdue"
 OVERDUE_KEY_NAME = "Overdue key"
@@ -138,52 +152,244 @@ def _demo_prices_ensure(*, owner: User) -> None:
 
     # From the start of last month, so that the demo's last-month usage is priced.
     since = datetime.combine(add_months(month_start(timezone.now().date()), -1), time.min, tzinfo=UTC)
-    for model in DEMO_MODELS:
+    for model, (input_price, cached_price, output_price) in DEMO_PRICES.items():
         if not ModelPrice.objects.filter(model=model).exists():
             billing_services.model_price_set(
                 actor=Actor(user=owner),
                 model=model,
-                input_per_mtok_minor="50",
-                output_per_mtok_minor="150",
-                cached_input_per_mtok_minor="25",
+                input_per_mtok_minor=input_price,
+                output_per_mtok_minor=output_price,
+                cached_input_per_mtok_minor=cached_price,
                 effective_from=since,
             )
 
 
-# Working hours of a small team: (model, input, cached, output) tokens per hour.
-DEMO_HOURLY_USAGE = [("demo-chat", 420_000, 120_000, 96_000), ("demo-embed", 900_000, 0, 0)]
+@dataclass(frozen=True)
+class Traffic:
+    """One key's calls to one model: how many in a working hour, how big, what goes wrong."""
+
+    model: str
+    busy_requests: int  # per working hour (09:00-18:00 UTC on weekdays); a tenth at other times
+    input_tokens: int  # per request, on average
+    cached_tokens: int
+    output_tokens: int
+    latency_ms: int
+    # (status, the edge's error code, share of requests): refusals carry no tokens, nor do 5xx.
+    failures: tuple[tuple[int, str, float], ...] = ()
 
 
-def _demo_usage_ensure(*, organization: Organization, key_name: str, scale: int) -> None:
-    """Give an organization last month's usage and this month's so far (once)."""
+UPSTREAM_FAILURES = ((502, "upstream_unavailable", 0.004), (504, "upstream_timeout", 0.003))
+RATE_LIMITED = (429, "rate_limit_exceeded", 0.04)
+
+# The demo's keys besides the one whose secret is printed: (name, settings, traffic).
+DEMO_KEYS = (
+    (
+        "Search backend",
+        {
+            "allowed_models": ["demo-embed", "demo-chat"],
+            "rpm_limit": 1200,
+            "tpm_limit": 2_000_000,
+            "concurrency_limit": 16,
+            "budget_monthly_minor": 20_000,
+        },
+        (
+            Traffic("demo-embed", 40, 1_500, 0, 0, 120, UPSTREAM_FAILURES),
+            Traffic("demo-chat", 12, 2_400, 1_200, 300, 1_400, UPSTREAM_FAILURES),
+        ),
+    ),
+    (
+        "Support bot",
+        {
+            "allowed_models": ["demo-chat", "demo-reason"],
+            "rpm_limit": 120,
+            "tpm_limit": 300_000,
+            "concurrency_limit": 4,
+            "budget_monthly_minor": 5_000,
+        },
+        (
+            Traffic("demo-chat", 25, 1_100, 400, 350, 1_800, (*UPSTREAM_FAILURES, RATE_LIMITED)),
+            Traffic(
+                "demo-reason",
+                4,
+                3_000,
+                0,
+                1_600,
+                9_000,
+                (*UPSTREAM_FAILURES, RATE_LIMITED, (402, "insufficient_quota", 0.1)),
+            ),
+        ),
+    ),
+    (
+        "Staging",
+        {"environment": "test", "allowed_models": ["demo-chat"], "rpm_limit": 60, "concurrency_limit": 2},
+        (
+            Traffic("demo-chat", 6, 800, 0, 200, 1_500, UPSTREAM_FAILURES),
+            Traffic("demo-reason", 1, 500, 0, 0, 5, ((403, "model_not_allowed", 1.0),)),
+        ),
+    ),
+)
+DEMO_KEY_TRAFFIC = (
+    Traffic("demo-chat", 30, 7_000, 2_000, 1_600, 2_000, UPSTREAM_FAILURES),
+    Traffic("demo-embed", 15, 60_000, 0, 0, 300, UPSTREAM_FAILURES),
+)
+OVERDUE_KEY_TRAFFIC = (Traffic("demo-chat", 6, 7_000, 2_000, 1_600, 2_000, UPSTREAM_FAILURES),)
+# The last days of history are raw usage events (the request log's rows), ingested as the edge's
+# would be; the weeks before are hourly rollups only, which is all the charts and invoices read.
+RAW_EVENT_DAYS = 3
+
+
+def _demo_keys_ensure(*, owner: User, organization: Organization) -> None:
+    """Create the demo's other keys, once each (their secrets are never needed)."""
+    from keys import services as key_services
     from keys.models import ApiKey
+
+    for name, fields, _traffic in DEMO_KEYS:
+        if not ApiKey.objects.for_organization(organization).filter(name=name).exists():
+            key_services.api_key_create(
+                actor=Actor(user=owner), organization=organization, name=name, **fields
+            )
+
+
+class Request(NamedTuple):
+    """One simulated call, with the numbers the edge's usage event carries."""
+
+    ended: datetime
+    status: int
+    reason: str  # the edge's error code when the call failed or was refused
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    latency_ms: float
+    cost_micro_minor: int
+    bits: int  # 128 random bits for its ids
+
+
+def _hour_requests(*, key, traffic: Traffic, hour: datetime) -> list[Request]:
+    """Return one hour of a key's calls to a model.
+
+    The numbers come from a generator seeded with the key, the model and the hour, so every
+    run of the seed makes the very same requests, ids included.
+    """
+    random = Random(f"{key.public_id}|{traffic.model}|{hour.isoformat()}")
+    busy = hour.weekday() < 5 and 9 <= hour.hour < 18
+    expected = traffic.busy_requests if busy else traffic.busy_requests / 10
+    input_price, cached_price, output_price = (Decimal(value) for value in DEMO_PRICES[traffic.model])
+    price = Price(input=input_price, output=output_price, cached_input=cached_price)
+    requests = []
+    for _ in range(round(expected * random.uniform(0.6, 1.4))):
+        ended = hour + timedelta(seconds=random.uniform(0, 3600))
+        status, reason = 200, ""
+        draw = random.random()
+        for failure_status, failure_reason, share in traffic.failures:
+            if draw < share:
+                status, reason = failure_status, failure_reason
+                break
+            draw -= share
+        if status == 200:
+            input_tokens = max(1, round(traffic.input_tokens * random.uniform(0.3, 1.7)))
+            cached = min(input_tokens, round(traffic.cached_tokens * random.uniform(0, 2)))
+            output = round(traffic.output_tokens * random.uniform(0.3, 1.7))
+            latency = traffic.latency_ms * random.uniform(0.5, 2)
+        else:
+            input_tokens = cached = output = 0
+            latency = traffic.latency_ms * (10 if status == 504 else random.uniform(0.5, 2))
+        cost = price.cost_micro_minor(input_tokens, output, cached)
+        requests.append(
+            Request(
+                ended, status, reason, input_tokens, cached, output, latency, cost, random.getrandbits(128)
+            )
+        )
+    return requests
+
+
+def _edge_event(*, key, traffic: Traffic, request: Request) -> dict:
+    """Return the usage event the edge would have sent for ``request`` (edge/events.py)."""
+    ended_ms = int(request.ended.timestamp() * 1000)
+    # A UUIDv7 as the edge mints it: milliseconds, version 7, variant 10, then random bits.
+    random_a, random_b = request.bits >> 116, request.bits & (1 << 62) - 1
+    event_id = uuid.UUID(int=ended_ms << 80 | 0x7 << 76 | random_a << 64 | 0b10 << 62 | random_b)
+    event = {
+        "v": SCHEMA_VERSION,
+        "event_id": str(event_id),
+        "request_id": f"{request.bits:032x}",
+        "key_id": key.public_id,
+        "org_id": key.organization_id,
+        "environment": key.environment,
+        "endpoint": "embeddings" if traffic.model == "demo-embed" else "chat.completions",
+        "model": traffic.model,
+        "stream": False,
+        "status": request.status,
+        "input_tokens": request.input_tokens,
+        "output_tokens": request.output_tokens,
+        "cached_tokens": request.cached_tokens,
+        "estimated": False,
+        "cost_micro_minor": request.cost_micro_minor,
+        "latency_ms": round(request.latency_ms, 3),
+        "ttft_ms": round(request.latency_ms * 0.2, 3) if request.output_tokens else None,
+        "upstream": "http://127.0.0.1:9001" if request.status == 200 else "",
+        "started_at_ms": int(ended_ms - request.latency_ms),
+        "ended_at_ms": ended_ms,
+    }
+    if request.reason:
+        # Beyond schema v1's fields: why the edge failed or refused the request (its error code).
+        event["reason"] = request.reason
+    return event
+
+
+def _demo_usage_ensure(*, organization: Organization, traffic: dict[str, tuple[Traffic, ...]]) -> None:
+    """Give an organization's keys their calls since the start of last month, up to now.
+
+    Older days become hourly rollups; the last RAW_EVENT_DAYS go through the usage ingestion as
+    raw events (with their rollups). Event ids and rollup rows are the same on every run, so a
+    second run adds only the requests that ended since the first.
+    """
+    from keys.models import ApiKey
+    from usage.ingest import event_from_edge, usage_events_ingest
     from usage.models import UsageRollup
 
     now = timezone.now()
-    last_month = add_months(month_start(now.date()), -1)
-    if UsageRollup.unscoped.filter(organization=organization, billed_period__gte=last_month).exists():
-        return
-    key = ApiKey.objects.for_organization(organization).get(name=key_name, revoked_at=None)
-    hour = datetime.combine(last_month, time(9), tzinfo=UTC)
-    rows = []
-    while hour < now - timedelta(hours=1):
-        if hour.weekday() < 5 and 9 <= hour.hour < 18:
-            rows.extend(
-                UsageRollup(
-                    organization=organization,
-                    key=key,
-                    model=model,
-                    hour=hour,
-                    billed_period=month_start(hour.date()),
-                    requests=60 // scale,
-                    input_tokens=input_tokens // scale,
-                    cached_tokens=cached // scale,
-                    output_tokens=output // scale,
-                )
-                for model, input_tokens, cached, output in DEMO_HOURLY_USAGE
-            )
-        hour += timedelta(hours=1)
-    UsageRollup.unscoped.bulk_create(rows)
+    raw_from = datetime.combine(now.date() - timedelta(days=RAW_EVENT_DAYS - 1), time.min, tzinfo=UTC)
+    first_hour = datetime.combine(add_months(month_start(now.date()), -1), time.min, tzinfo=UTC)
+    keys = {key.name: key for key in ApiKey.objects.for_organization(organization).filter(name__in=traffic)}
+    directory = {key.public_id: (key.pk, organization.pk) for key in keys.values()}
+    rollups, raw = [], []
+    for name, streams in traffic.items():
+        key = keys[name]
+        for stream in streams:
+            hour = first_hour
+            while hour <= now:
+                requests = _hour_requests(key=key, traffic=stream, hour=hour)
+                if hour >= raw_from:
+                    raw.extend(
+                        event_from_edge(_edge_event(key=key, traffic=stream, request=request), directory)
+                        for request in requests
+                        if request.ended <= now
+                    )
+                elif requests:
+                    rollups.append(_rollup_of(key=key, model=stream.model, hour=hour, requests=requests))
+                hour += timedelta(hours=1)
+    # A rollup already there (made from raw events when its day was recent) stays as it is.
+    UsageRollup.unscoped.bulk_create(rollups, ignore_conflicts=True)
+    usage_events_ingest(raw)
+
+
+def _rollup_of(*, key, model: str, hour: datetime, requests: list[Request]):
+    """Return the hourly rollup the ingestion would make of ``requests``."""
+    from usage.models import UsageRollup
+
+    return UsageRollup(
+        organization_id=key.organization_id,
+        key=key,
+        model=model,
+        hour=hour,
+        billed_period=month_start(hour.date()),
+        requests=len(requests),
+        errors=sum(1 for request in requests if request.status >= 400),
+        input_tokens=sum(request.input_tokens for request in requests),
+        output_tokens=sum(request.output_tokens for request in requests),
+        cached_tokens=sum(request.cached_tokens for request in requests),
+        cost_micro_minor=sum(request.cost_micro_minor for request in requests),
+    )
 
 
 def _overdue_organization_ensure(*, owner: User) -> Organization:
@@ -233,7 +439,10 @@ def _demo_stripe_ensure(*, owner: User, organization: Organization, card: str) -
 
 
 class Command(BaseCommand):
-    help = "Create the demo owner, the Demo Inc organization and a staff admin; print their credentials."
+    help = (
+        "Create the demo owner, the Demo Inc organization with its keys and usage history, and a staff "
+        "admin; print their credentials."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -259,8 +468,12 @@ class Command(BaseCommand):
                 api_key = _demo_key_ensure(owner=owner, organization=organization, path=key_file)
                 _demo_prices_ensure(owner=owner)
                 overdue = _overdue_organization_ensure(owner=owner)
-                _demo_usage_ensure(organization=organization, key_name=DEMO_KEY_NAME, scale=1)
-                _demo_usage_ensure(organization=overdue, key_name=OVERDUE_KEY_NAME, scale=10)
+                _demo_keys_ensure(owner=owner, organization=organization)
+                _demo_usage_ensure(
+                    organization=organization,
+                    traffic={DEMO_KEY_NAME: DEMO_KEY_TRAFFIC} | {name: t for name, _f, t in DEMO_KEYS},
+                )
+                _demo_usage_ensure(organization=overdue, traffic={OVERDUE_KEY_NAME: OVERDUE_KEY_TRAFFIC})
                 _last_month_close()
             # Stripe (localstripe in the demo) after the commit: each Stripe id is stored as it returns.
             if settings.STRIPE_SECRET_KEY:
