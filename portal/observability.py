@@ -11,13 +11,23 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.urls import Resolver404, resolve
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
 
 from edge.requestid import client_request_id
 
 logger = logging.getLogger("tollgate.request")
+metrics_logger = logging.getLogger("tollgate.metrics")
 
 REQUESTS = Counter(
     "tollgate_http_requests_total", "HTTP requests by view, method and status", ["view", "method", "status"]
@@ -142,13 +152,96 @@ def metrics_refusal(*, remote_addr: str, authorization: str, token: str) -> tupl
     return None
 
 
-def metrics_payload() -> bytes:
-    """Render the metrics of this process, or of all processes in multiprocess mode."""
+def process_registry() -> CollectorRegistry:
+    """Return the registry of this process, or of all its forks in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(DEFAULT_REGISTRY)
+        return registry
+    return DEFAULT_REGISTRY
+
+
+class StoreCollector:
+    """Gauges no process owns, read from Postgres and Redis each time the web is scraped.
+
+    The ingest lag is here as well as on each consumer so that it still rises, and its alert
+    still fires, when every consumer is down. A store that does not answer leaves its gauges
+    out of this scrape (the alert rules treat an absent series as a failure of its own).
+    """
+
+    def collect(self):
+        import redis
+
+        from portal.celery import app
+        from portal.models import Organization
+        from portal.selectors import organizations_count_by_status_all_tenants
+        from usage.lag import ingest_lag_seconds
+
+        try:
+            counts = organizations_count_by_status_all_tenants()
+        except DatabaseError as exc:
+            _collect_failed("postgres", exc)
+        else:
+            organizations = GaugeMetricFamily(
+                "tollgate_organizations",
+                "Organizations by status (active, past_due, suspended)",
+                labels=["status"],
+            )
+            for status in Organization.Status:
+                organizations.add_metric([status.value], counts.get(status.value, 0))
+            yield organizations
+
+        queue = app.conf.task_default_queue
+        try:
+            with redis.Redis.from_url(settings.CELERY_BROKER_URL, **_SCRAPE_TIMEOUTS) as broker:
+                length = broker.llen(queue)
+        except redis.RedisError as exc:
+            _collect_failed("broker", exc)
+        else:
+            family = GaugeMetricFamily(
+                "tollgate_celery_queue_length", "Tasks waiting in the broker", labels=["queue"]
+            )
+            family.add_metric([queue], length)
+            yield family
+
+        try:
+            with redis.Redis.from_url(
+                settings.EDGE_REDIS_URL or settings.REDIS_URL, **_SCRAPE_TIMEOUTS
+            ) as client:
+                lag = ingest_lag_seconds(
+                    client, stream=settings.USAGE_STREAM, group=settings.USAGE_CONSUMER_GROUP
+                )
+        except redis.RedisError as exc:
+            _collect_failed("redis", exc)
+        else:
+            yield GaugeMetricFamily(
+                "tollgate_ingest_lag_seconds",
+                "Age of the oldest unacknowledged or unread entry of the usage stream group",
+                value=lag,
+            )
+
+
+_SCRAPE_TIMEOUTS = {"socket_timeout": 1, "socket_connect_timeout": 1}
+# auto_describe off: registering must not query the stores (at import, before settings are ready).
+_STORE_REGISTRY = CollectorRegistry(auto_describe=False)
+_STORE_REGISTRY.register(StoreCollector())
+
+
+def _collect_failed(store: str, exc: Exception) -> None:
+    metrics_logger.warning(
+        "a store did not answer at scrape time",
+        extra={"store": store, "error": f"{type(exc).__name__}: {exc}"},
+    )
+
+
+def metrics_payload() -> bytes:
+    """Render the web's metrics: its processes' series, then the gauges read from the stores."""
+    return generate_latest(process_registry()) + generate_latest(_STORE_REGISTRY)
+
+
+def worker_metrics_serve(*, host: str, port: int) -> None:
+    """Serve this worker's metrics (all its pool processes in multiprocess mode) over HTTP."""
+    start_http_server(port, addr=host, registry=process_registry())
 
 
 _SECRET_KEYS = re.compile(

@@ -39,12 +39,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port"
         )
+        parser.add_argument(
+            "--metrics-host",
+            default="127.0.0.1",
+            help="address of the metrics server (a container serves 0.0.0.0, kept internal by the network)",
+        )
 
     def handle(self, *args, **options):
         if options["metrics_port"]:
             from prometheus_client import start_http_server
 
-            start_http_server(options["metrics_port"], addr="127.0.0.1")
+            start_http_server(options["metrics_port"], addr=options["metrics_host"])
         client = redis.Redis.from_url(
             settings.EDGE_REDIS_URL or settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5
         )
