@@ -76,7 +76,7 @@ shift
 case "$process" in
 web)
 	multiprocess_metrics web
-	command=(gunicorn portal.wsgi --bind "0.0.0.0:${web_port}" --workers "${WEB_WORKERS:-2}"
+	command=(gunicorn portal.wsgi -b "0.0.0.0:${web_port}" --workers "${WEB_WORKERS:-2}"
 		--threads "${WEB_THREADS:-4}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}")
 	;;
 edge)
