@@ -84,6 +84,27 @@ def test_static_files_are_collected_at_build_time_with_build_only_settings():
     assert "SECRET_KEY" not in " ".join(instructions(stages()[-1], "ENV"))
 
 
+def test_the_build_stage_collectstatic_command_loads_the_settings_it_is_given():
+    [collect] = [run for run in instructions(stages()[0], "RUN") if "collectstatic" in run]
+    words = collect.split()
+    env = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=\S+", word))
+    command = [word for word in words if "=" not in word]
+    assert command[:3] == ["/opt/venv/bin/python", "manage.py", "collectstatic"]
+
+    # Only the environment the build stage has; --dry-run writes nothing into this checkout.
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), *command[1:], "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], **env},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "static files copied" in result.stdout
+
+
 def test_the_final_stage_has_a_healthcheck_through_the_entrypoint():
     final = stages()[-1]
     [healthcheck] = instructions(final, "HEALTHCHECK")
