@@ -77,7 +77,7 @@ case "$process" in
 web)
 	multiprocess_metrics web
 	command=(gunicorn portal.wsgi -b "0.0.0.0:${web_port}" --workers "${WEB_WORKERS:-2}"
-		--threads "${WEB_THREADS:-4}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}")
+		--threads "${WEB_THREADS:-4}")
 	;;
 edge)
 	command=(python -m edge --config "${EDGE_CONFIG:-deploy/edge.example.yaml}" --host 0.0.0.0

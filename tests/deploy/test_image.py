@@ -135,7 +135,7 @@ def test_each_process_runs_the_program_the_procfile_runs(process):
 def test_the_processes_listen_beyond_loopback_in_the_image():
     commands = {process: entrypoint(process, TOLLGATE_DRY_RUN="1").stdout.strip() for process in PROCESSES}
     assert commands == {
-        "web": "gunicorn portal.wsgi -b 0.0.0.0:8000 --workers 2 --threads 4 --forwarded-allow-ips 127.0.0.1",
+        "web": "gunicorn portal.wsgi -b 0.0.0.0:8000 --workers 2 --threads 4",
         "edge": "python -m edge --config deploy/edge.example.yaml --host 0.0.0.0 --port 8080",
         "ingest": "python manage.py ingest_usage --metrics-port 9100 --metrics-host 0.0.0.0",
         "worker": "celery -A portal worker -l info --concurrency 2",
