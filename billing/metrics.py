@@ -23,3 +23,29 @@ RECONCILE_DIFFERENCES = Counter(
     "Differences found by billing reconciliation (invoices vs rating vs Stripe)",
     ["what"],
 )
+
+# The kinds of billing.reconcile.Difference.what.
+RECONCILE_KINDS = ("missing_invoice", "rating", "total", "stripe_total", "stripe_status", "stripe_lines")
+
+
+def billing_series_initialise() -> None:
+    """Export every known series at 0 from the start.
+
+    ``increase()`` cannot see a counter's first increment when the series appears with it, so
+    an alert on the first reconcile difference or webhook failure would never fire.
+    """
+    from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
+    from billing.models import WebhookEvent
+    from billing.webhooks import HANDLED_TYPES
+
+    for kind in RECONCILE_KINDS:
+        RECONCILE_DIFFERENCES.labels(kind)
+    for event_type in HANDLED_TYPES:
+        for status in (
+            WebhookEvent.Status.PROCESSED,
+            WebhookEvent.Status.IGNORED,
+            WebhookEvent.Status.FAILED,
+        ):
+            WEBHOOK_EVENTS.labels(event_type, status.value)
+    for error in (BillingError, BillingUnavailable, PaymentDeclined):
+        INVOICE_PUSH_FAILURES.labels(error.__name__)

@@ -39,6 +39,6 @@ def _serve_metrics(**_kwargs):
     from django.conf import settings
 
     if settings.WORKER_METRICS_PORT:
-        from portal.observability import worker_metrics_serve
+        from portal.observability import probes_serve
 
-        worker_metrics_serve(host=settings.WORKER_METRICS_HOST, port=settings.WORKER_METRICS_PORT)
+        probes_serve(host=settings.WORKER_METRICS_HOST, port=settings.WORKER_METRICS_PORT)

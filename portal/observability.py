@@ -6,22 +6,24 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.urls import Resolver404, resolve
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
-    start_http_server,
 )
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
 from edge.requestid import client_request_id
@@ -239,9 +241,68 @@ def metrics_payload() -> bytes:
     return generate_latest(process_registry()) + generate_latest(_STORE_REGISTRY)
 
 
-def worker_metrics_serve(*, host: str, port: int) -> None:
-    """Serve this worker's metrics (all its pool processes in multiprocess mode) over HTTP."""
-    start_http_server(port, addr=host, registry=process_registry())
+def readiness() -> tuple[int, dict]:
+    """Check that Postgres and Redis answer; return the status code and body of ``/readyz``."""
+    import redis
+
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return (200 if ready else 503), {"status": "ok" if ready else "unavailable", "checks": checks}
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    """``/healthz``, ``/readyz`` and ``/metrics`` of a process that has no web server of its own."""
+
+    def do_GET(self):
+        path = self.path.partition("?")[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(process_registry()), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(200, b'{"status": "ok"}')
+        elif path == "/readyz":
+            try:
+                status, payload = readiness()
+            finally:
+                connection.close()  # each request has a thread of its own, and so a connection
+            self._send(status, json.dumps(payload).encode())
+        else:
+            self._send(404, b'{"status": "not found"}')
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args) -> None:
+        """Stay quiet: probes arrive every few seconds."""
+
+
+def probes_serve(*, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the probes and metrics of this process (ingest, worker) from a daemon thread.
+
+    The port has no token: keep it on a network only the kubelet and Prometheus reach.
+    """
+    server = ThreadingHTTPServer((host, port), _ProbeHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server
 
 
 _SECRET_KEYS = re.compile(
