@@ -99,14 +99,22 @@ def stripe_adapter_invoice():
     return stripe_adapter.StripeInvoice(id="in_metrics", status="paid", currency="usd", total=0)
 
 
-def test_every_known_failure_series_is_exported_from_zero(client):
-    assert (
-        web_sample(
-            client, "tollgate_billing_webhook_events_total", type="invoice.payment_failed", status="failed"
-        )
-        == 0.0
-    )
-    assert web_sample(client, "tollgate_billing_reconcile_differences_total", what="stripe_total") == 0.0
+def test_every_known_failure_series_is_exported_before_its_first_increment(client):
+    response = client.get("/metrics")
+    series = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+
+    for event_type in ("invoice.paid", "invoice.payment_failed"):
+        for status in ("processed", "ignored", "failed"):
+            name = "tollgate_billing_webhook_events_total"
+            assert (name, (("status", status), ("type", event_type))) in series
+    for what in ("missing_invoice", "rating", "total", "stripe_total", "stripe_status", "stripe_lines"):
+        assert ("tollgate_billing_reconcile_differences_total", (("what", what),)) in series
+    for error in ("BillingError", "BillingUnavailable", "PaymentDeclined"):
+        assert ("tollgate_billing_invoice_push_failures_total", (("error", error),)) in series
 
 
 def test_the_web_counts_organizations_by_status_when_scraped(client):

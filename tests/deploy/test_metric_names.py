@@ -22,6 +22,7 @@ import yaml
 from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.records import SYNCED_KEY
 from keys import services as key_services
 from portal.audit import Actor
 from tests.factories import make_org, make_user
@@ -166,9 +167,18 @@ def base_name(name: str) -> str:
     return name
 
 
+def data_plane_restored(redis_client, timeout: float = 20) -> None:
+    """Wait for the consumer to re-publish the edge's data plane (each test starts on an empty Redis)."""
+    deadline = time.monotonic() + timeout
+    while not redis_client.exists(SYNCED_KEY):
+        assert time.monotonic() < deadline, "the consumer did not re-publish the edge's data plane"
+        time.sleep(0.1)
+
+
 def test_every_metric_in_the_dashboards_and_alert_rules_is_exported_by_a_running_process(
-    processes, raw_events_cleared
+    processes, raw_events_cleared, redis_client
 ):
+    data_plane_restored(redis_client)
     owner = make_user()
     key, secret = key_services.api_key_create(
         actor=Actor(user=owner), organization=make_org(owner), name="metrics", rpm_limit=1
