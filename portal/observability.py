@@ -1,4 +1,4 @@
-"""Request logging, Prometheus metrics and Sentry set-up for the web and worker processes."""
+"""Request logging, Prometheus metrics, health probes and Sentry set-up for the web, worker and consumer."""
 
 import hmac
 import ipaddress
