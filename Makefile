@@ -12,9 +12,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # process per instant (a handful of tests start faster without xdist workers).
 CLOCK_INSTANTS := 2026-11-30T23:59:59Z 2028-02-29T23:59:59Z 2026-12-31T23:59:59Z
 
-.PHONY: test demo lint services chromium
+.PHONY: test demo lint services chromium promtool
 
-test: $(VENV)/.installed-dev services chromium lint
+test: $(VENV)/.installed-dev services chromium promtool lint
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
 	DEBUG=true $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(VENV)/bin/pytest -n 2
@@ -35,6 +35,13 @@ chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+# tests/deploy check the alert rules with promtool, from Debian's prometheus package.
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
 	fi
 
 $(PY):

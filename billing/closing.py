@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.metrics import INVOICES_CLOSED
 from billing.models import Invoice, InvoiceLine, Plan
 from billing.rating import Rating
 from billing.selectors import period_ratings, period_ratings_one_pass
@@ -60,6 +61,7 @@ def invoice_close_period(*, period: date) -> list[int]:
     missing = [pk for pk in _organizations(period).values_list("pk", flat=True) if pk not in invoiced]
     for organization_id, plan, rating in period_ratings_one_pass(period=period, organization_ids=missing):
         invoice_store(organization_id=organization_id, period=period, plan=plan, rating=rating)
+        INVOICES_CLOSED.inc()
     logger.info("billing: %s closed, %d invoices built", period.isoformat(), len(missing))
     return list(
         Invoice.objects.filter(period=period, status=Invoice.Status.DRAFT)

@@ -10,6 +10,7 @@ from django.utils import timezone
 from billing import dunning, stripe_adapter
 from billing.currency import format_minor
 from billing.errors import BillingError, BillingUnavailable, PaymentDeclined
+from billing.metrics import INVOICE_PUSH_FAILURES, INVOICES_PUSHED
 from billing.models import (
     BillingDetails,
     Customer,
@@ -517,6 +518,7 @@ def invoice_push(*, invoice: Invoice) -> Invoice:
         try:
             _push(invoice)
         except BillingError as error:
+            INVOICE_PUSH_FAILURES.labels(type(error).__name__).inc()
             with transaction.atomic():
                 _invoice_update(invoice, last_push_error=error.message)
                 if isinstance(error, PaymentDeclined):
@@ -530,6 +532,7 @@ def invoice_push(*, invoice: Invoice) -> Invoice:
                     dunning.dunning_payment_failed(invoice=invoice, reason=error.message)
             raise
         _invoice_update(invoice, last_push_error="")
+    INVOICES_PUSHED.inc()
     return invoice
 
 

@@ -2,17 +2,11 @@ import logging
 from datetime import date
 
 from celery import shared_task
-from prometheus_client import Counter
 
 from billing.errors import BillingUnavailable, PaymentDeclined
+from billing.metrics import RECONCILE_DIFFERENCES
 
 logger = logging.getLogger("tollgate.billing")
-
-RECONCILE_DIFFERENCES = Counter(
-    "tollgate_billing_reconcile_differences_total",
-    "Differences found by billing reconciliation (invoices vs rating vs Stripe)",
-    ["what"],
-)
 
 
 @shared_task

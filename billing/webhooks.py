@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from billing import dunning, stripe_adapter
 from billing.errors import BillingUnavailable
+from billing.metrics import WEBHOOK_EVENTS
 from billing.models import Invoice, WebhookEvent
 from billing.services import invoice_status_advance
 from portal.audit import Actor, audit_record
@@ -102,6 +103,7 @@ def webhook_event_process(*, stripe_event_id: str) -> WebhookEvent:
             event.error = note
             event.processed_at = timezone.now()
         event.save(update_fields=["status", "error", "attempts", "processed_at"])
+    WEBHOOK_EVENTS.labels(event.type, event.status).inc()
     if failure is not None:
         logger.warning(
             "stripe webhook failed",

@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -32,3 +32,13 @@ def _init_sentry(**_kwargs):
         from portal.observability import sentry_init
 
         sentry_init(settings.SENTRY_DSN, settings.SENTRY_ENVIRONMENT)
+
+
+@worker_ready.connect
+def _serve_metrics(**_kwargs):
+    from django.conf import settings
+
+    if settings.WORKER_METRICS_PORT:
+        from portal.observability import probes_serve
+
+        probes_serve(host=settings.WORKER_METRICS_HOST, port=settings.WORKER_METRICS_PORT)

@@ -1,4 +1,4 @@
-"""Request logging, Prometheus metrics and Sentry set-up for the web and worker processes."""
+"""Request logging, Prometheus metrics, health probes and Sentry set-up for the web, worker and consumer."""
 
 import hmac
 import ipaddress
@@ -6,18 +6,30 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
+from django.db import DatabaseError, connection
 from django.urls import Resolver404, resolve
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 
 from edge.requestid import client_request_id
 
 logger = logging.getLogger("tollgate.request")
+metrics_logger = logging.getLogger("tollgate.metrics")
 
 REQUESTS = Counter(
     "tollgate_http_requests_total", "HTTP requests by view, method and status", ["view", "method", "status"]
@@ -142,13 +154,155 @@ def metrics_refusal(*, remote_addr: str, authorization: str, token: str) -> tupl
     return None
 
 
-def metrics_payload() -> bytes:
-    """Render the metrics of this process, or of all processes in multiprocess mode."""
+def process_registry() -> CollectorRegistry:
+    """Return the registry of this process, or of all its forks in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(DEFAULT_REGISTRY)
+        return registry
+    return DEFAULT_REGISTRY
+
+
+class StoreCollector:
+    """Gauges no process owns, read from Postgres and Redis each time the web is scraped.
+
+    The ingest lag is here as well as on each consumer so that it still rises, and its alert
+    still fires, when every consumer is down. A store that does not answer leaves its gauges
+    out of this scrape (the alert rules treat an absent series as a failure of its own).
+    """
+
+    def collect(self):
+        import redis
+
+        from portal.celery import app
+        from portal.models import Organization
+        from portal.selectors import organizations_count_by_status_all_tenants
+        from usage.lag import ingest_lag_seconds
+
+        try:
+            counts = organizations_count_by_status_all_tenants()
+        except DatabaseError as exc:
+            _collect_failed("postgres", exc)
+        else:
+            organizations = GaugeMetricFamily(
+                "tollgate_organizations",
+                "Organizations by status (active, past_due, suspended)",
+                labels=["status"],
+            )
+            for status in Organization.Status:
+                organizations.add_metric([status.value], counts.get(status.value, 0))
+            yield organizations
+
+        queue = app.conf.task_default_queue
+        try:
+            with redis.Redis.from_url(settings.CELERY_BROKER_URL, **_SCRAPE_TIMEOUTS) as broker:
+                length = broker.llen(queue)
+        except redis.RedisError as exc:
+            _collect_failed("broker", exc)
+        else:
+            family = GaugeMetricFamily(
+                "tollgate_celery_queue_length", "Tasks waiting in the broker", labels=["queue"]
+            )
+            family.add_metric([queue], length)
+            yield family
+
+        try:
+            with redis.Redis.from_url(
+                settings.EDGE_REDIS_URL or settings.REDIS_URL, **_SCRAPE_TIMEOUTS
+            ) as client:
+                lag = ingest_lag_seconds(
+                    client, stream=settings.USAGE_STREAM, group=settings.USAGE_CONSUMER_GROUP
+                )
+        except redis.RedisError as exc:
+            _collect_failed("redis", exc)
+        else:
+            yield GaugeMetricFamily(
+                "tollgate_ingest_lag_seconds",
+                "Age of the oldest unacknowledged or unread entry of the usage stream group",
+                value=lag,
+            )
+
+
+_SCRAPE_TIMEOUTS = {"socket_timeout": 1, "socket_connect_timeout": 1}
+# auto_describe off: registering must not query the stores (at import, before settings are ready).
+_STORE_REGISTRY = CollectorRegistry(auto_describe=False)
+_STORE_REGISTRY.register(StoreCollector())
+
+
+def _collect_failed(store: str, exc: Exception) -> None:
+    metrics_logger.warning(
+        "a store did not answer at scrape time",
+        extra={"store": store, "error": f"{type(exc).__name__}: {exc}"},
+    )
+
+
+def metrics_payload() -> bytes:
+    """Render the web's metrics: its processes' series, then the gauges read from the stores."""
+    return generate_latest(process_registry()) + generate_latest(_STORE_REGISTRY)
+
+
+def readiness() -> tuple[int, dict]:
+    """Check that Postgres and Redis answer; return the status code and body of ``/readyz``."""
+    import redis
+
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return (200 if ready else 503), {"status": "ok" if ready else "unavailable", "checks": checks}
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    """``/healthz``, ``/readyz`` and ``/metrics`` of a process that has no web server of its own."""
+
+    def do_GET(self):
+        path = self.path.partition("?")[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(process_registry()), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(200, b'{"status": "ok"}')
+        elif path == "/readyz":
+            try:
+                status, payload = readiness()
+            finally:
+                connection.close()  # each request has a thread of its own, and so a connection
+            self._send(status, json.dumps(payload).encode())
+        else:
+            self._send(404, b'{"status": "not found"}')
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args) -> None:
+        """Stay quiet: probes arrive every few seconds."""
+
+
+def probes_serve(*, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the probes and metrics of this process (ingest, worker) from a daemon thread.
+
+    The port has no token: keep it on a network only the kubelet and Prometheus reach.
+    """
+    server = ThreadingHTTPServer((host, port), _ProbeHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server
 
 
 _SECRET_KEYS = re.compile(

@@ -1,6 +1,6 @@
 """Reads, always scoped to a tenant."""
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -108,3 +108,8 @@ def user_has_mfa(*, user) -> bool:
     from allauth.mfa.models import Authenticator
 
     return Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists()
+
+
+def organizations_count_by_status_all_tenants() -> dict[str, int]:
+    """Count every organization by status, across all tenants (for the metrics)."""
+    return dict(Organization.objects.values_list("status").annotate(count=Count("pk")).order_by())

@@ -372,6 +372,10 @@ LOGGING = {
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters (or unset: loopback only)")
+# A Celery worker serves its metrics on this port (0: none). The port has no token: keep it on a
+# network only Prometheus reaches (deploy/k8s NetworkPolicy), or on the default loopback address.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+WORKER_METRICS_HOST = env_str("WORKER_METRICS_HOST", "127.0.0.1")
 
 if SENTRY_DSN:
     from portal.observability import sentry_init

@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -386,28 +385,10 @@ def healthz(request):
 @never_cache
 def readyz(request):
     """Ready when Postgres and Redis both answer."""
-    import redis
+    from portal.observability import readiness
 
-    checks = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["postgres"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        checks["postgres"] = f"error: {type(exc).__name__}"
-    try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        checks["redis"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        checks["redis"] = f"error: {type(exc).__name__}"
-    ready = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-    )
+    status, payload = readiness()
+    return JsonResponse(payload, status=status)
 
 
 def metrics(request):

@@ -26,6 +26,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from prometheus_client import Counter, Gauge, Histogram
 
 from usage.ingest import Event, InvalidEvent, KeyDirectory, event_from_edge, usage_events_ingest
+from usage.lag import ingest_lag_seconds
 
 logger = logging.getLogger("tollgate.usage.consumer")
 
@@ -37,6 +38,7 @@ DUPLICATES = Counter("tollgate_ingest_events_duplicate_total", "Events already c
 DEAD_LETTERS = Counter("tollgate_ingest_dead_letters_total", "Events moved to the dead-letter stream")
 STREAM_LENGTH = Gauge("tollgate_ingest_stream_length", "Entries in the usage stream")
 PENDING = Gauge("tollgate_ingest_pending", "Delivered but unacknowledged entries of the group")
+LAG = Gauge("tollgate_ingest_lag_seconds", "Age of the oldest unacknowledged or unread entry of the group")
 OUTAGES = Counter(
     "tollgate_ingest_store_outages_total", "Outages of a store the consumer waited out, once each", ["store"]
 )
@@ -445,8 +447,15 @@ class UsageConsumer:
             STREAM_LENGTH.set(self.redis.xlen(self.stream))
             summary = self.redis.xpending(self.stream, self.group)
             PENDING.set(summary.get("pending", 0) if summary else 0)
+            self.lag_observe()
         except redis.RedisError:
             pass
+
+    def lag_observe(self) -> float:
+        """Set and return the ingest lag gauge of this consumer's stream and group."""
+        lag = ingest_lag_seconds(self.redis, stream=self.stream, group=self.group)
+        LAG.set(lag)
+        return lag
 
 
 def _parse_id(value) -> tuple[int, int]:

@@ -37,14 +37,22 @@ class Command(BaseCommand):
             help="re-publish key records and prices when Redis lost them (tg:synced missing)",
         )
         parser.add_argument(
-            "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port"
+            "--metrics-port",
+            type=int,
+            default=0,
+            help="serve Prometheus metrics (/metrics) and the probes (/healthz, /readyz) on this port",
+        )
+        parser.add_argument(
+            "--metrics-host",
+            default="127.0.0.1",
+            help="address of that server (a container serves 0.0.0.0, kept internal by the network)",
         )
 
     def handle(self, *args, **options):
         if options["metrics_port"]:
-            from prometheus_client import start_http_server
+            from portal.observability import probes_serve
 
-            start_http_server(options["metrics_port"], addr="127.0.0.1")
+            probes_serve(host=options["metrics_host"], port=options["metrics_port"])
         client = redis.Redis.from_url(
             settings.EDGE_REDIS_URL or settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5
         )
