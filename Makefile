@@ -12,9 +12,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # process per instant (a handful of tests start faster without xdist workers).
 CLOCK_INSTANTS := 2026-11-30T23:59:59Z 2028-02-29T23:59:59Z 2026-12-31T23:59:59Z
 
-.PHONY: test demo lint services chromium promtool
+.PHONY: test demo lint services system-packages
 
-test: $(VENV)/.installed-dev services chromium promtool lint
+test: $(VENV)/.installed-dev services system-packages lint
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
 	DEBUG=true $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(VENV)/bin/pytest -n 2
@@ -30,18 +30,17 @@ lint: $(VENV)/.installed-dev
 services:
 	bash scripts/services.sh local
 
-# The browser tests drive Debian's Chromium; Playwright's own browser download is not used.
-chromium:
-	@if [ ! -x /usr/bin/chromium ]; then \
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used) and
+# tests/deploy check the alert rules with promtool, from Debian's prometheus package. Whatever is
+# missing is installed with one `apt-get update`.
+system-packages:
+	@chromium=$$([ -x /usr/bin/chromium ] || echo chromium); \
+	prometheus=$$(command -v promtool >/dev/null || echo prometheus); \
+	if [ -n "$$chromium$$prometheus" ]; then \
 		$(SUDO) apt-get update && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
-	fi
-
-# tests/deploy check the alert rules with promtool, from Debian's prometheus package.
-promtool:
-	@if ! command -v promtool >/dev/null; then \
-		$(SUDO) apt-get update && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+		{ [ -z "$$chromium" ] || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } && \
+		{ [ -z "$$prometheus" ] || $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends prometheus; }; \
 	fi
 
 $(PY):
