@@ -23,3 +23,18 @@ def usage_stream(shard: int, shards: int) -> str:
 
 def dead_letter_stream(shard: int, shards: int) -> str:
     return DEAD_LETTER_STREAM if shards == 1 else f"{DEAD_LETTER_STREAM}:{{s{shard}}}"
+
+
+def parse_shards(text: str, shards: int) -> tuple[int, ...] | None:
+    """Parse a consumer's shards, e.g. ``0,2``; empty means all (None). Raise ValueError."""
+    if not text.strip():
+        return None
+    try:
+        chosen = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"must be shard numbers separated by commas, got {text!r}") from None
+    if any(not 0 <= shard < shards for shard in chosen):
+        raise ValueError(f"must be shard numbers from 0 to {shards - 1}, got {text!r}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"must not repeat a shard, got {text!r}")
+    return chosen
