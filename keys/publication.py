@@ -85,9 +85,11 @@ def keys_publish(key_ids: list[int]) -> int:
             for key in keys:
                 for secret in key.secrets.all():
                     hashes.append(_write(pipe, key, secret, now))
-            if hashes:
-                pipe.publish(edge_record.INVALIDATE_CHANNEL, json.dumps({"v": 1, "hashes": hashes}))
             pipe.execute()
+        # After the records are written (a cluster pipeline cannot carry PUBLISH): an edge that
+        # drops its entry reads the new record. PUBLISH reaches every node of a cluster.
+        if hashes:
+            client.publish(edge_record.INVALIDATE_CHANNEL, json.dumps({"v": 1, "hashes": hashes}))
         published += len(hashes)
     return published
 
