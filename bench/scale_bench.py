@@ -7,17 +7,21 @@ and Redis on loopback, and ``redis-server``/``redis-cli`` to start a local 3-mas
 (tests/cluster/servers.py) in a temporary directory.
 
 1. Edge: the mock upstream directly, then 1 and 2 edge processes (one worker each: one core
-   each at most) on one Redis and on the cluster, with a real key record, price and limits
+   each at most) on one private redis-server and on the cluster, with a real key record, price
+   and limits
    (bench/edge_bench.py's machinery). Two phases, each a warm-up then a measured period:
    latency at a paced load (``--connections`` in all, at most ``--rate`` req/s) and throughput
    (``--high-connections`` in all, no pause). With two edges the connections are split between
    two ``wrk`` processes, one per edge; requests/s are summed and the latency is the worse
    edge's. "Added" latency subtracts the direct figure. Phases interleave over ``--rounds``.
+   The CPU the edges and the Redis servers spend per request (from /proc) gives requests/s per
+   edge core and per Redis core, which moves less than the rates when the machine is shared.
 2. Ingest: ``--events`` usage events of ``--orgs`` organizations are XADDed as the edge writes
    them, while 1 or 2 ``manage.py ingest_usage`` processes wait for them; events/s run from the
    first XADD to the moment every group has nothing pending or undelivered. One Redis has one
    stream (both consumers share its group); the cluster has ``--shards`` streams (one consumer
-   reads all; two split them). Postgres's transactions and row writes per event come from
+   reads all; two split them). The consumers' CPU per event is read from /proc; Postgres's
+   transactions and row writes per event come from
    ``pg_stat_database`` of the benchmark database; raw rows must equal the events, or the run fails.
 
 The table is printed and written to the "## Scale" section of bench/RESULTS.md.
@@ -71,8 +75,24 @@ def start_edges(args, work: Path, upstream: str, redis_url: str, count: int, clu
     ]
 
 
-def load(args, targets: list, *, connections: int, rate: float | None) -> dict:
-    """Run wrk on every target at once (the connections split between them); warm up first."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def load(args, targets: list, redis_pids: list[int], *, connections: int, rate: float | None) -> dict:
+    """Run wrk on every target at once (the connections split between them); warm up first.
+
+    Besides req/s and latency, the CPU the targets (every process of their groups) and the Redis
+    servers spent per request: it moves less than the rates when other work shares the machine.
+    """
     share = max(1, connections // len(targets))
     delay_ms = share * len(targets) / rate * 1000 if rate else 0
 
@@ -94,24 +114,32 @@ def load(args, targets: list, *, connections: int, rate: float | None) -> dict:
         return results
 
     run_all(args.warmup)
+    leaders = [process.process.pid for target in targets for process in target.processes]
+    cpu, redis_cpu = edge_bench.process_group_cpu_seconds(leaders), cpu_seconds(redis_pids)
     results = run_all(args.duration)
+    cpu = edge_bench.process_group_cpu_seconds(leaders) - cpu
+    redis_cpu = cpu_seconds(redis_pids) - redis_cpu
+    requests = max(sum(result["requests"] for result in results), 1)
     return {
         "rps": sum(result["rps"] for result in results),
         "p50_us": max(result["p50_us"] for result in results),
         "p99_us": max(result["p99_us"] for result in results),
+        "cpu_us": cpu / requests * 1e6,
+        "redis_cpu_us": redis_cpu / requests * 1e6,
         "errors": sum(result["error_count"] for result in results),
     }
 
 
-def edge_phases(args, work: Path, cluster_url: str) -> dict:
+def edge_phases(args, work: Path, single, cluster) -> dict:
     """Every edge set-up, phases interleaved over the rounds; return the median of each figure."""
     mock = edge_bench.start_mock(args, work)
     setups = {"direct": [mock]}
+    redis_pids = {"direct": [], "redis": [single.process.pid], "cluster": [p.pid for p in cluster.processes]}
     try:
-        for mode, url, cluster in (("redis", args.redis_url, False), ("cluster", cluster_url, True)):
+        for mode, url, is_cluster in (("redis", single.url, False), ("cluster", cluster.url, True)):
             for count in (1, 2):
                 print(f"== starting {count} edge(s) on {mode}", file=sys.stderr, flush=True)
-                setups[f"{mode}-{count}"] = start_edges(args, work, mock.url, url, count, cluster)
+                setups[f"{mode}-{count}"] = start_edges(args, work, mock.url, url, count, is_cluster)
                 for target in setups[f"{mode}-{count}"]:
                     edge_bench.check_target(target)
         runs: dict[tuple[str, str], list[dict]] = {}
@@ -121,7 +149,8 @@ def edge_phases(args, work: Path, cluster_url: str) -> dict:
                 ("throughput", args.high_connections, None),
             ):
                 for name, targets in setups.items():
-                    result = load(args, targets, connections=connections, rate=rate)
+                    pids = redis_pids[name.partition("-")[0]]
+                    result = load(args, targets, pids, connections=connections, rate=rate)
                     runs.setdefault((name, phase), []).append(result)
                     print(f"   round {round_number} {phase} {name}: {result}", file=sys.stderr, flush=True)
     finally:
@@ -230,6 +259,7 @@ def ingest_phase(args, work: Path, client, redis_url: str, cluster: bool, count:
                 raise RuntimeError(f"consumers did not start; see {work}/consumer-*.log")
             time.sleep(0.1)
         commits, rows = pg_counters()
+        consumer_cpu = cpu_seconds([process.pid for process in processes])
         started = time.perf_counter()
         for shard, shard_payloads in payloads(shards).items():
             ingest_bench.produce(client, shard_payloads, usage_stream(shard, shards))
@@ -239,6 +269,7 @@ def ingest_phase(args, work: Path, client, redis_url: str, cluster: bool, count:
                 raise RuntimeError(f"the streams were not drained; see {work}/consumer-*.log")
             time.sleep(0.005)
         elapsed = time.perf_counter() - started
+        consumer_cpu = cpu_seconds([process.pid for process in processes]) - consumer_cpu
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -253,6 +284,7 @@ def ingest_phase(args, work: Path, client, redis_url: str, cluster: bool, count:
     n = args.events
     return {
         "rate": n / elapsed,
+        "cpu_us": consumer_cpu / n * 1e6,
         "transactions_per_event": (commits_after - commits) / n,
         "rows_per_event": (rows_after - rows) / n,
         "rollup_rows": rollup_rows,
@@ -260,7 +292,7 @@ def ingest_phase(args, work: Path, client, redis_url: str, cluster: bool, count:
     }
 
 
-def ingest_phases(args, work: Path, cluster) -> dict:
+def ingest_phases(args, work: Path, single, cluster) -> dict:
     """Both stores, 1 and 2 consumers, over the rounds; the median of each figure."""
     import redis
 
@@ -283,7 +315,7 @@ def ingest_phases(args, work: Path, cluster) -> dict:
             by_shard.setdefault(shard_of(org_id, shards), []).extend(org_events)
         return by_shard
 
-    stores = {"redis": (redis.Redis.from_url(args.redis_url), args.redis_url, False)}
+    stores = {"redis": (redis.Redis.from_url(single.url), single.url, False)}
     stores["cluster"] = (cluster.client(), cluster.url, True)
     runs: dict[tuple[str, int], list[dict]] = {}
     for round_number in range(1, args.rounds + 1):
@@ -328,16 +360,18 @@ def report(args, command: str, edges: dict, ingest: dict, load_before, load_afte
         f"- Edge phases: {args.rounds} rounds, {args.warmup} s warm-up + {args.duration} s measured; "
         f"latency at {args.connections} connections paced to {args.rate} req/s in all, throughput at "
         f"{args.high_connections} connections; 1 worker per edge; mock pinned to CPU {args.mock_cpus}, "
-        f"wrk to CPU {args.load_cpus}, edges and Redis on any CPU. Cluster: 3 masters on loopback, "
-        f"{args.shards} usage stream shards.",
+        f"wrk to CPU {args.load_cpus}, edges and Redis on any CPU. One Redis: a private redis-server; "
+        f"cluster: 3 private masters; {args.shards} usage stream shards on the cluster. CPU per request is "
+        "from /proc (the edges' processes; the Redis servers) during the throughput phase.",
         f"- Ingest: {args.events:,} events of {args.orgs} organizations ({args.keys} keys each), end "
         f"times over the last hour, batches of {args.batch_size}; median of {args.rounds} rounds.",
         "",
-        "| edge set-up | req/s (throughput) | × 1 edge | p50 added ms | p99 added ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| edge set-up | req/s (throughput) | × 1 edge | p50 added ms | p99 added ms | edge CPU µs/req | "
+        "req/s per edge core | Redis CPU µs/req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| mock upstream, direct | {direct['throughput']['rps']:,.0f} | | "
         f"{direct['latency']['p50_us'] / 1000:.2f} (abs.) | {direct['latency']['p99_us'] / 1000:.2f} (abs.) | "
-        f"{direct['throughput']['errors'] + direct['latency']['errors']:.0f} |",
+        f"| | | {direct['throughput']['errors'] + direct['latency']['errors']:.0f} |",
     ]
     for mode, label in (("redis", "one Redis"), ("cluster", "Redis Cluster")):
         one = edges[(f"{mode}-1", "throughput")]["rps"]
@@ -345,14 +379,17 @@ def report(args, command: str, edges: dict, ingest: dict, load_before, load_afte
             name = f"{mode}-{count}"
             rps = edges[(name, "throughput")]["rps"]
             errors = edges[(name, "throughput")]["errors"] + edges[(name, "latency")]["errors"]
+            cpu = edges[(name, "throughput")]["cpu_us"]
             lines.append(
                 f"| {count} edge{'s' if count > 1 else ''}, {label} | {rps:,.0f} | {rps / one:.2f} | "
-                f"{added(name, 'p50_us')} | {added(name, 'p99_us')} | {errors:.0f} |"
+                f"{added(name, 'p50_us')} | {added(name, 'p99_us')} | {cpu:.0f} | {1e6 / cpu:,.0f} | "
+                f"{edges[(name, 'throughput')]['redis_cpu_us']:.0f} | {errors:.0f} |"
             )
     lines += [
         "",
-        "| ingest set-up | events/s | × 1 consumer | Postgres transactions / event | rows written / event | raw rows == events |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| ingest set-up | events/s | × 1 consumer | consumer CPU µs/event | events/s per consumer core | "
+        "Postgres transactions / event | rows written / event | raw rows == events |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for mode, label in (
         ("redis", "one Redis, 1 stream"),
@@ -363,7 +400,8 @@ def report(args, command: str, edges: dict, ingest: dict, load_before, load_afte
             result = ingest[(mode, count)]
             lines.append(
                 f"| {count} consumer{'s' if count > 1 else ''}, {label} | {result['rate']:,.0f} | "
-                f"{result['rate'] / one:.2f} | {result['transactions_per_event']:.4f} | "
+                f"{result['rate'] / one:.2f} | {result['cpu_us']:.0f} | {1e6 / result['cpu_us']:,.0f} | "
+                f"{result['transactions_per_event']:.4f} | "
                 f"{result['rows_per_event']:.2f} | {'yes' if result['ok'] else 'NO'} |"
             )
     return "\n".join(lines) + "\n"
@@ -393,14 +431,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="postgres://postgres@127.0.0.1:5432/tollgate_scale_bench",
         help="benchmark database, created and migrated when missing (its usage tables are emptied!)",
     )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="Redis db (flushed!)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     if "bench" not in urlparse(args.database_url).path:
         parser.error("--database-url must name a benchmark database (its name contains 'bench')")
-    if urlparse(args.redis_url).path.strip("/") in ("", "0"):
-        parser.error("--redis-url must name a dedicated Redis db (not db 0): it is flushed")
     # What bench/edge_bench.py's machinery reads: one worker per edge, the mock's settings.
     args.proxy_workers = 1
     args.edge_cmd = "{python} -m edge --config {config}"
@@ -441,23 +476,26 @@ def main(argv=None) -> int:
         return 2
     load_before = os.getloadavg()
     prepare_database(args.database_url)
-    ingest_bench.configure_environment(args)
     from tests.cluster.servers import LocalRedisCluster
-    from usage.partitions import partitions_ensure
+    from tests.servers import PrivateRedis
 
-    partitions_ensure()
     with tempfile.TemporaryDirectory(prefix="tollgate-scale-") as tmp:
         work = Path(tmp)
+        single = PrivateRedis(work / "redis")
         cluster = LocalRedisCluster(work / "cluster")
         try:
+            single.start()
             cluster.start()
-            edges = edge_phases(args, work, cluster.url)
-            ingest = ingest_phases(args, work, cluster)
+            args.redis_url = single.url
+            ingest_bench.configure_environment(args)
+            from usage.partitions import partitions_ensure
+
+            partitions_ensure()
+            edges = edge_phases(args, work, single, cluster)
+            ingest = ingest_phases(args, work, single, cluster)
         finally:
             cluster.stop()
-            import redis
-
-            redis.Redis.from_url(args.redis_url).flushdb()
+            single.cleanup()
     text = report(args, command, edges, ingest, load_before, os.getloadavg())
     print(text)
     if not args.no_write:
