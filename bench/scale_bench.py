@@ -120,6 +120,14 @@ def load(args, targets: list, redis_pids: list[int], *, connections: int, rate: 
     cpu = edge_bench.process_group_cpu_seconds(leaders) - cpu
     redis_cpu = cpu_seconds(redis_pids) - redis_cpu
     requests = max(sum(result["requests"] for result in results), 1)
+    if any(result["error_count"] for result in results):
+        for target in targets:
+            for process in target.processes:
+                print(
+                    f"   errors: {results} -- {process.name}:\n{process.log_tail()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return {
         "rps": sum(result["rps"] for result in results),
         "p50_us": max(result["p50_us"] for result in results),

@@ -175,6 +175,8 @@ class ClusterConnection:
             if not future.done():
                 future.set_exception(exc)
             return
+        except RespError as error:  # the slot map could not be read: an error reply to the caller
+            reply = error
         if not future.done():
             future.set_result(reply)
 

@@ -60,8 +60,10 @@ class LocalRedisCluster:
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    # Redis's default: a node stalled by a busy machine is not failed (and with
+                    # no replicas, the whole cluster taken down) for a few seconds' pause.
                     "--cluster-node-timeout",
-                    "2000",
+                    "15000",
                     "--save",
                     "",
                     "--appendonly",
