@@ -50,8 +50,12 @@ SECTION = "## Scale: edges, consumers, one Redis and a Redis Cluster"
 # --- edges -------------------------------------------------------------------------------
 
 
-def start_edges(args, work: Path, upstream: str, redis_url: str, count: int, cluster: bool) -> list:
-    """Start ``count`` edges on an emptied data plane with one benchmark key; return their targets."""
+def publish_key(redis_url: str, cluster: bool) -> tuple[str, str]:
+    """Empty the data plane and publish the benchmark key; return it and its pepper.
+
+    Once per store: every edge on it serves the same key (emptying it again would leave the
+    edges started before without their record once their caches go stale).
+    """
     import redis
     from redis.cluster import RedisCluster
 
@@ -59,6 +63,13 @@ def start_edges(args, work: Path, upstream: str, redis_url: str, count: int, clu
     client.flushdb()
     key_pepper = edge_bench.publish_bench_key(client)
     client.close()
+    return key_pepper
+
+
+def start_edges(
+    args, work: Path, upstream: str, redis_url: str, count: int, cluster: bool, key_pepper: tuple[str, str]
+) -> list:
+    """Start ``count`` edges on the store at ``redis_url``; return their targets."""
     mode = "cluster" if cluster else "redis"
     extra = {"redis_cluster": True, "usage_stream_shards": args.shards} if cluster else {}
     return [
@@ -145,9 +156,12 @@ def edge_phases(args, work: Path, single, cluster) -> dict:
     redis_pids = {"direct": [], "redis": [single.process.pid], "cluster": [p.pid for p in cluster.processes]}
     try:
         for mode, url, is_cluster in (("redis", single.url, False), ("cluster", cluster.url, True)):
+            key_pepper = publish_key(url, is_cluster)
             for count in (1, 2):
                 print(f"== starting {count} edge(s) on {mode}", file=sys.stderr, flush=True)
-                setups[f"{mode}-{count}"] = start_edges(args, work, mock.url, url, count, is_cluster)
+                setups[f"{mode}-{count}"] = start_edges(
+                    args, work, mock.url, url, count, is_cluster, key_pepper
+                )
                 for target in setups[f"{mode}-{count}"]:
                     edge_bench.check_target(target)
         runs: dict[tuple[str, str], list[dict]] = {}
