@@ -200,25 +200,13 @@ def start_mock(args, work: Path) -> Target:
     return target
 
 
-def start_edge(
-    args, work: Path, upstream: str, *, name: str = "edge", source: Path = ROOT, redis_url: str = ""
-) -> Target:
-    """The edge from this checkout, or (``source``) from another commit's tree."""
-    redis_url = redis_url or args.redis_url
-    target = Target(name, LABELS.get(name) or f"Tollgate edge at {args.baseline}")
-    if importlib.util.find_spec("edge.app") is None or importlib.util.find_spec("edge.__main__") is None:
-        target.skipped = "pending: the edge module (edge/app.py, edge/__main__.py) does not exist yet"
-        return target
-    import redis
-    import yaml
-
+def publish_bench_key(client) -> tuple[str, str]:
+    """Write the benchmark key's record (no limits that bind) and the model's price through
+    ``client`` (a Redis or a Redis Cluster client); return the key and the pepper it is hashed with."""
     from edge import keyformat
 
-    port = free_port()
     pepper = secrets.token_urlsafe(36)
     key = keyformat.generate("test")
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
     limits = {"rpm": UNLIMITED, "tpm": UNLIMITED, "concurrency": 100_000}
     budget = {"monthly_minor": UNLIMITED, "alert_minor": None}
     record = {
@@ -245,13 +233,47 @@ def start_edge(
         "cached_input_per_mtok_minor": "50",
     }
     client.set(f"tg:price:{MODEL}", json.dumps(price))
-    client.close()
+    return key, pepper
 
+
+def start_edge(
+    args,
+    work: Path,
+    upstream: str,
+    *,
+    name: str = "edge",
+    source: Path = ROOT,
+    redis_url: str = "",
+    key_pepper: tuple[str, str] | None = None,
+    extra_config: dict | None = None,
+) -> Target:
+    """The edge from this checkout, or (``source``) from another commit's tree.
+
+    Without ``key_pepper`` (a key already published, and its pepper) the Redis db is emptied
+    and a new key published; ``extra_config`` is merged into the edge's YAML.
+    """
+    redis_url = redis_url or args.redis_url
+    target = Target(name, LABELS.get(name) or f"Tollgate edge at {args.baseline}")
+    if importlib.util.find_spec("edge.app") is None or importlib.util.find_spec("edge.__main__") is None:
+        target.skipped = "pending: the edge module (edge/app.py, edge/__main__.py) does not exist yet"
+        return target
+    import yaml
+
+    if key_pepper is None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        key_pepper = publish_bench_key(client)
+        client.close()
+    key, pepper = key_pepper
+    port = free_port()
     config = {
         "listen": {"host": "127.0.0.1", "port": port},
         "workers": args.proxy_workers,
         "spool": {"dir": str(work / f"{name}-spool")},
         "routes": [{"model": MODEL, "upstreams": [{"url": upstream, "api_key": "sk-upstream"}]}],
+        **(extra_config or {}),
     }
     config_path = work / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -168,8 +168,8 @@ def consumer_main(argv: list[str]) -> int:
 # --- set-up ------------------------------------------------------------------------------
 
 
-def setup_tenant(n_keys: int):
-    """Return the benchmark organization and its keys, creating what is missing."""
+def setup_tenant(n_keys: int, name: str = ORG_NAME):
+    """Return the benchmark organization ``name`` and its keys, creating what is missing."""
     from keys.models import ApiKey
     from keys.services import api_key_create
     from portal.audit import Actor
@@ -180,8 +180,8 @@ def setup_tenant(n_keys: int):
         email=OWNER_EMAIL, password=secrets.token_urlsafe(16)
     )
     actor = Actor(user=owner)
-    organization = Organization.objects.filter(name=ORG_NAME).first() or organization_create(
-        actor=actor, name=ORG_NAME
+    organization = Organization.objects.filter(name=name).first() or organization_create(
+        actor=actor, name=name
     )
     keys = list(ApiKey.objects.for_organization(organization).order_by("pk"))
     for index in range(len(keys), n_keys):

@@ -59,7 +59,7 @@ def prices_publish() -> int:
         for name in stale:
             pipe.delete(name)
             changed.append(name.decode()[len(PRICE_PREFIX) :])
-        if changed:
-            pipe.publish(INVALIDATE_CHANNEL, json.dumps({"v": 1, "prices": changed}))
         pipe.execute()
+    if changed:  # after the writes, and outside the pipeline: see keys.publication.keys_publish
+        client.publish(INVALIDATE_CHANNEL, json.dumps({"v": 1, "prices": changed}))
     return len(current)

@@ -27,6 +27,7 @@ from edge.admission import Admitter, Prices
 from edge.auth import Authenticator, bearer, header
 from edge.batching import ScriptBatcher
 from edge.catalogue import Catalogue
+from edge.cluster import ClusterConnection
 from edge.config import MASTER_PID_ENV, EdgeConfig
 from edge.errors import EdgeError
 from edge.journal import Journal
@@ -71,7 +72,7 @@ class Edge:
         self.redis = aioredis.Redis.from_url(
             config.redis_url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=15
         )
-        self.resp = RespConnection(config.redis_url)
+        self.resp = (ClusterConnection if config.redis_cluster else RespConnection)(config.redis_url)
         batcher = ScriptBatcher(self.resp, SCRIPTS)
         self.limiter = Limiter(batcher, config.lease_ttl_seconds)
         data_plane = DataPlane(batcher)
@@ -79,7 +80,9 @@ class Edge:
         self.prices = Prices(data_plane, config.stale_auth_seconds)
         self.admitter = Admitter(config, self.limiter, self.prices)
         self.spool = Spool(config.spool_dir, fsync_ms=config.spool_fsync_ms)
-        self.publisher = Publisher(self.resp, self.limiter, self.spool, Journal(config.spool_dir))
+        self.publisher = Publisher(
+            self.resp, self.limiter, self.spool, Journal(config.spool_dir), shards=config.usage_stream_shards
+        )
         self.meter = Meter(self.publisher, self.access_log, self.tracing)
         self.publisher.recover_journals()
         try:

@@ -6,8 +6,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
+
+from edge.streams import MAX_SHARDS
 
 
 class ConfigError(ValueError):
@@ -70,6 +73,10 @@ class EdgeConfig:
     fail_open: bool = True
     # /metrics: the bearer of this token, or (unset) only clients on this host.
     metrics_token: str = ""
+    # redis_url names one node of a Redis Cluster (any: the others are discovered).
+    redis_cluster: bool = False
+    # Usage streams (edge/streams.py): the ingest consumers must be given the same number.
+    usage_stream_shards: int = 1
 
     def route_for(self, model: str) -> Route | None:
         for route in self.routes:
@@ -98,6 +105,8 @@ TOP_LEVEL = {
     "fail_open",
     "metrics_token",
     "redis_url",
+    "redis_cluster",
+    "usage_stream_shards",
     "routes",
 }
 LISTEN = {"host", "port"}
@@ -264,7 +273,31 @@ def load_config(path: str | None = None, env=None) -> EdgeConfig:
         metrics_token=_metrics_token(
             _expand(str(env.get("EDGE_METRICS_TOKEN") or data.get("metrics_token") or ""), env)
         ),
+        redis_cluster=_redis_cluster(
+            redis_url, env.get("EDGE_REDIS_CLUSTER", data.get("redis_cluster", False))
+        ),
+        usage_stream_shards=_usage_stream_shards(
+            env.get("EDGE_USAGE_STREAM_SHARDS") or data.get("usage_stream_shards", 1)
+        ),
     )
+
+
+def _usage_stream_shards(raw) -> int:
+    shards = _number(raw, "usage_stream_shards", int, 1)
+    if shards > MAX_SHARDS:
+        raise ConfigError(f"usage_stream_shards must be <= {MAX_SHARDS}, got {shards}")
+    return shards
+
+
+def _redis_cluster(redis_url: str, raw) -> bool:
+    cluster = _boolean(raw, "redis_cluster")
+    if cluster:
+        parsed = urlparse(redis_url)
+        if parsed.scheme == "unix":
+            raise ConfigError("redis_cluster needs a redis:// or rediss:// URL of a node, not a socket")
+        if parsed.path.strip("/") not in ("", "0"):
+            raise ConfigError("redis_cluster: a Redis Cluster has only database 0, remove it from the URL")
+    return cluster
 
 
 def _http_limits(raw: dict) -> HttpLimits:

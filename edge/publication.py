@@ -12,11 +12,13 @@ import logging
 import orjson
 
 from edge import metrics
-from edge.events import USAGE_STREAM, UsageEvent
+from edge.cluster import ClusterConnection
+from edge.events import UsageEvent
 from edge.journal import Journal
 from edge.limits import Admission, Limiter
 from edge.resp import RespConnection, RespError
 from edge.spool import Spool
+from edge.streams import shard_of, usage_stream
 
 logger = logging.getLogger("tollgate.edge")
 
@@ -27,8 +29,17 @@ REPLAY_EVERY_SECONDS = 1.0
 
 
 class Publisher:
-    def __init__(self, connection: RespConnection, limiter: Limiter, spool: Spool, journal: Journal):
+    def __init__(
+        self,
+        connection: RespConnection | ClusterConnection,
+        limiter: Limiter,
+        spool: Spool,
+        journal: Journal,
+        *,
+        shards: int = 1,
+    ):
         self.connection = connection
+        self.shards = shards
         self.limiter = limiter
         self.spool = spool
         self.journal = journal
@@ -108,7 +119,8 @@ class Publisher:
         for event, settle in batch:
             if settle != SETTLED:
                 commands.append(self.limiter.settle_command(settle, event))
-            commands.append(("XADD", USAGE_STREAM, "*", "data", orjson.dumps(event)))
+            stream = usage_stream(shard_of(event["org_id"], self.shards), self.shards)
+            commands.append(("XADD", stream, "*", "data", orjson.dumps(event)))
         return commands
 
     async def _complete(self, commands: list[tuple], results: list | None) -> None:

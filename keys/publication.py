@@ -7,6 +7,7 @@ from functools import cache
 import redis
 from django.conf import settings
 from django.db import transaction
+from redis.cluster import RedisCluster
 
 from keys import edge_record
 
@@ -24,14 +25,31 @@ return 0
 """
 
 
-@cache
-def _pool(url: str) -> redis.ConnectionPool:
-    return redis.ConnectionPool.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
-def edge_redis() -> redis.Redis:
+def edge_redis_connect(**options) -> redis.Redis | RedisCluster:
+    """Open a new client on the edge's data plane: one Redis, or a Redis Cluster
+    (``EDGE_REDIS_CLUSTER``, whose nodes are discovered from the one ``EDGE_REDIS_URL`` names)."""
     url = settings.EDGE_REDIS_URL or settings.REDIS_URL
-    return redis.Redis(connection_pool=_pool(url))
+    if settings.EDGE_REDIS_CLUSTER:
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+@cache
+def _client(url: str, cluster: bool) -> redis.Redis | RedisCluster:
+    # The arguments key the cache: a process whose settings change gets a client of the new ones.
+    return edge_redis_connect(socket_timeout=5, socket_connect_timeout=5)
+
+
+def edge_redis() -> redis.Redis | RedisCluster:
+    """The process's shared client on the edge's data plane (thread-safe, pooled)."""
+    return _client(settings.EDGE_REDIS_URL or settings.REDIS_URL, settings.EDGE_REDIS_CLUSTER)
+
+
+def _mget(client: redis.Redis | RedisCluster, names: list[bytes]) -> list[bytes | None]:
+    """MGET, split by slot on a cluster (the records of one batch live on every master)."""
+    if isinstance(client, RedisCluster):
+        return client.mget_nonatomic(names)
+    return client.mget(names)
 
 
 def _write(pipe, key, secret, now) -> str:
@@ -67,9 +85,11 @@ def keys_publish(key_ids: list[int]) -> int:
             for key in keys:
                 for secret in key.secrets.all():
                     hashes.append(_write(pipe, key, secret, now))
-            if hashes:
-                pipe.publish(edge_record.INVALIDATE_CHANNEL, json.dumps({"v": 1, "hashes": hashes}))
             pipe.execute()
+        # After the records are written (a cluster pipeline cannot carry PUBLISH): an edge that
+        # drops its entry reads the new record. PUBLISH reaches every node of a cluster.
+        if hashes:
+            client.publish(edge_record.INVALIDATE_CHANNEL, json.dumps({"v": 1, "hashes": hashes}))
         published += len(hashes)
     return published
 
@@ -172,7 +192,7 @@ def edge_reconcile() -> dict:
                 "key__organization"
             )
         }
-        current = client.mget(names)
+        current = _mget(client, names)
         stale, drifted = [], []
         for name, secret_hash, stored in zip(names, hashes, current, strict=True):
             checked += 1

@@ -174,10 +174,14 @@ class StoreCollector:
     def collect(self):
         import redis
 
+        from edge.streams import usage_stream
+        from keys.publication import edge_redis_connect
         from portal.celery import app
         from portal.models import Organization
         from portal.selectors import organizations_count_by_status_all_tenants
         from usage.lag import ingest_lag_seconds
+
+        shards, group = settings.USAGE_STREAM_SHARDS, settings.USAGE_CONSUMER_GROUP
 
         try:
             counts = organizations_count_by_status_all_tenants()
@@ -207,11 +211,11 @@ class StoreCollector:
             yield family
 
         try:
-            with redis.Redis.from_url(
-                settings.EDGE_REDIS_URL or settings.REDIS_URL, **_SCRAPE_TIMEOUTS
-            ) as client:
-                lag = ingest_lag_seconds(
-                    client, stream=settings.USAGE_STREAM, group=settings.USAGE_CONSUMER_GROUP
+            with edge_redis_connect(**_SCRAPE_TIMEOUTS) as client:
+                # The worst shard: the alert is about the oldest event anyone is waiting for.
+                lag = max(
+                    ingest_lag_seconds(client, stream=usage_stream(shard, shards), group=group)
+                    for shard in range(shards)
                 )
         except redis.RedisError as exc:
             _collect_failed("redis", exc)

@@ -1,10 +1,12 @@
 """Tollgate settings. Every deploy-specific value comes from the environment (portal.env)."""
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from edge.streams import MAX_SHARDS, parse_shards
 from portal.env import (
     env_bool,
     env_days,
@@ -189,11 +191,33 @@ if len(KEY_PEPPER) < 32:
 KEY_ROTATION_DEFAULT_GRACE_SECONDS = 24 * 3600
 KEY_ROTATION_MAX_GRACE_SECONDS = 7 * 24 * 3600
 EDGE_REDIS_URL = env_url("EDGE_REDIS_URL", None, schemes=("redis", "rediss", "unix"))
+# The edge's data plane (key records, prices, limits, usage streams) on a Redis Cluster:
+# EDGE_REDIS_URL names one of its nodes. The cache and Celery stay on REDIS_URL, one Redis.
+EDGE_REDIS_CLUSTER = env_bool("EDGE_REDIS_CLUSTER", False)
+if EDGE_REDIS_CLUSTER:
+    if not EDGE_REDIS_URL or urlparse(EDGE_REDIS_URL).scheme == "unix":
+        raise ImproperlyConfigured(
+            "EDGE_REDIS_CLUSTER needs EDGE_REDIS_URL: a redis:// URL of a cluster node"
+        )
+    if urlparse(EDGE_REDIS_URL).path.strip("/") not in ("", "0"):
+        raise ImproperlyConfigured(
+            "EDGE_REDIS_CLUSTER: a Redis Cluster has only database 0; remove it from the URL"
+        )
 EDGE_PUBLIC_URL = env_url("EDGE_PUBLIC_URL", "http://localhost:8080", schemes=("http", "https")).rstrip("/")
 
 # --- Usage metering ---------------------------------------------------------------------
 USAGE_STREAM = "tg:usage"
 USAGE_DEAD_LETTER_STREAM = "tg:usage:dead"
+# Usage streams, by organization (edge/streams.py): the same number as the edges'
+# usage_stream_shards. A consumer reads the shards listed in USAGE_CONSUMER_SHARDS, by default
+# all of them; every shard must be read by at least one consumer.
+USAGE_STREAM_SHARDS = env_int("USAGE_STREAM_SHARDS", 1, minimum=1)
+if USAGE_STREAM_SHARDS > MAX_SHARDS:
+    raise ImproperlyConfigured(f"USAGE_STREAM_SHARDS must be <= {MAX_SHARDS}, got {USAGE_STREAM_SHARDS}")
+try:
+    USAGE_CONSUMER_SHARDS = parse_shards(env_str("USAGE_CONSUMER_SHARDS", ""), USAGE_STREAM_SHARDS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"USAGE_CONSUMER_SHARDS {exc}") from None
 USAGE_CONSUMER_GROUP = env_str("USAGE_CONSUMER_GROUP", "ingest")
 USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 2000, minimum=1)
 USAGE_BATCH_MAX_WAIT_MS = env_int("USAGE_BATCH_MAX_WAIT_MS", 200, minimum=1)

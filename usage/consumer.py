@@ -1,5 +1,9 @@
 """The usage stream consumer: tg:usage → Postgres, in batches, acknowledged after commit.
 
+The stream may be sharded by organization (edge/streams.py): a process then runs one
+consumer per shard it reads (``shard_consumers``), stepped in turn, each with its own group,
+dead letters and pending entries, all on the shard's slot of a Redis Cluster.
+
 Delivery is at least once (a message is acknowledged only after its transaction commits;
 a consumer that dies leaves it pending, and another consumer claims it with XAUTOCLAIM);
 the idempotent insert in usage.ingest makes the count exactly once.
@@ -24,7 +28,9 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from prometheus_client import Counter, Gauge, Histogram
+from redis.cluster import RedisCluster
 
+from edge.streams import dead_letter_stream, usage_stream
 from usage.ingest import Event, InvalidEvent, KeyDirectory, event_from_edge, usage_events_ingest
 from usage.lag import ingest_lag_seconds
 
@@ -46,6 +52,8 @@ RETRIES = Counter("tollgate_ingest_store_retries_total", "Failed attempts retrie
 GROUPS_RECREATED = Counter("tollgate_ingest_group_recreated_total", "Consumer groups re-created (Redis lost)")
 CONSUMERS_REMOVED = Counter("tollgate_ingest_dead_consumers_removed_total", "Dead consumers deleted")
 EDGE_RESYNCS = Counter("tollgate_ingest_edge_resyncs_total", "Full edge resyncs run after Redis lost them")
+# Per stream this process reads: its length and the group's pending entries, last observed.
+_OBSERVED: dict[str, tuple[int, int]] = {}
 for _store in ("postgres", "redis"):
     OUTAGES.labels(_store)
     RETRIES.labels(_store)
@@ -115,7 +123,7 @@ def _group_lost(exc: redis.ResponseError) -> bool:
 class UsageConsumer:
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         name: str,
         stream: str | None = None,
@@ -161,29 +169,8 @@ class UsageConsumer:
         self.stopping = True
 
     def run(self, *, install_signals: bool = True) -> bool:
-        """Consume until stopped, waiting out store outages; return whether the last batch finished.
-
-        A SIGTERM during an outage returns at once without the batch in hand: it stays pending,
-        and this consumer's next start (same name) reads it again first.
-        """
-        if install_signals:
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
-        self._attempt = self._retrying
-        logger.info("usage consumer started", extra={"consumer": self.name, "stream": self.stream})
-        try:
-            self._attempt(self.ensure_group)
-            while not self.stopping:
-                close_old_connections()  # a long-running process must not keep a broken connection
-                self.step()
-        except Stopped:
-            logger.warning(
-                "usage consumer stopped during an outage; its batch stays pending",
-                extra={"consumer": self.name},
-            )
-            return False
-        logger.info("usage consumer stopped", extra={"consumer": self.name})
-        return True
+        """Consume this stream alone until stopped (see ``ShardConsumers.run``)."""
+        return ShardConsumers([self]).run(install_signals=install_signals)
 
     def step(self) -> BatchResult:
         """Re-read own pending, claim stale or read new messages, ingest, acknowledge. One batch."""
@@ -409,7 +396,7 @@ class UsageConsumer:
 
     def _housekeeping(self) -> None:
         """Trim, observe, remove dead consumers; a failure here waits for the next round."""
-        for task in (self.trim, self._observe, self.consumers_remove_dead):
+        for task in (self.trim, self.observe, self.consumers_remove_dead):
             try:
                 task()
             except redis.RedisError as exc:
@@ -442,20 +429,104 @@ class UsageConsumer:
         else:
             self._edge_resync_failing = False
 
-    def _observe(self) -> None:
-        try:
-            STREAM_LENGTH.set(self.redis.xlen(self.stream))
-            summary = self.redis.xpending(self.stream, self.group)
-            PENDING.set(summary.get("pending", 0) if summary else 0)
-            self.lag_observe()
-        except redis.RedisError:
-            pass
+    def observe(self) -> float | None:
+        """Set this process's stream gauges from its shard's stream; return the shard's lag.
 
-    def lag_observe(self) -> float:
-        """Set and return the ingest lag gauge of this consumer's stream and group."""
-        lag = ingest_lag_seconds(self.redis, stream=self.stream, group=self.group)
-        LAG.set(lag)
+        None when Redis did not answer (the gauges keep their last values).
+        """
+        try:
+            length = self.redis.xlen(self.stream)
+            summary = self.redis.xpending(self.stream, self.group)
+            lag = ingest_lag_seconds(self.redis, stream=self.stream, group=self.group)
+        except redis.RedisError:
+            return None
+        # The process's gauges cover every shard it reads: counts add up, the lag is the worst.
+        _OBSERVED[self.stream] = (length, summary.get("pending", 0) if summary else 0, lag)
+        STREAM_LENGTH.set(sum(length for length, _pending, _lag in _OBSERVED.values()))
+        PENDING.set(sum(pending for _length, pending, _lag in _OBSERVED.values()))
+        LAG.set(max(lag for _length, _pending, lag in _OBSERVED.values()))
         return lag
+
+
+class ShardConsumers:
+    """One process's consumers, one per usage stream shard it reads, each stepped in turn.
+
+    Each is a consumer of its shard's group under the process's name: consumers of other
+    processes on the same shard share its entries, and claim those a dead one left pending.
+    """
+
+    def __init__(self, consumers: list[UsageConsumer]):
+        self.consumers = consumers
+
+    @property
+    def stopping(self) -> bool:
+        return any(consumer.stopping for consumer in self.consumers)
+
+    def stop(self, *_args) -> None:
+        """Finish the batch in hand, then return from ``run``."""
+        for consumer in self.consumers:
+            consumer.stop()
+
+    def run(self, *, install_signals: bool = True) -> bool:
+        """Consume until stopped, waiting out store outages; return whether the last batch finished.
+
+        A SIGTERM during an outage returns at once without the batch in hand: it stays pending,
+        and this consumer's next start (same name) reads it again first.
+        """
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        name = self.consumers[0].name
+        streams = [consumer.stream for consumer in self.consumers]
+        for consumer in self.consumers:
+            consumer._attempt = consumer._retrying
+        logger.info("usage consumer started", extra={"consumer": name, "streams": streams})
+        try:
+            for consumer in self.consumers:
+                consumer._attempt(consumer.ensure_group)
+            while not self.stopping:
+                for consumer in self.consumers:
+                    close_old_connections()  # a long-running process must not keep a broken connection
+                    consumer.step()
+                    if self.stopping:
+                        break
+        except Stopped:
+            logger.warning(
+                "usage consumer stopped during an outage; its batch stays pending",
+                extra={"consumer": name},
+            )
+            return False
+        logger.info("usage consumer stopped", extra={"consumer": name})
+        return True
+
+
+def shard_consumers(
+    client: redis.Redis | RedisCluster, *, name: str, shards: tuple[int, ...] | None = None, **options
+) -> ShardConsumers:
+    """The consumers of the shards ``shards`` (default ``USAGE_CONSUMER_SHARDS``, else all).
+
+    Each shard's blocking read waits ``max_wait_ms`` divided among the shards, so that an idle
+    shard holds a busy one up no longer than one consumer of both would. Only the first
+    watches the edge's data plane: one resync per process is enough.
+    """
+    count = settings.USAGE_STREAM_SHARDS
+    shards = shards if shards is not None else settings.USAGE_CONSUMER_SHARDS or tuple(range(count))
+    max_wait_ms = options.pop("max_wait_ms", None) or settings.USAGE_BATCH_MAX_WAIT_MS
+    edge_resync = options.pop("edge_resync", False)
+    return ShardConsumers(
+        [
+            UsageConsumer(
+                client,
+                name=name,
+                stream=usage_stream(shard, count),
+                dead_stream=dead_letter_stream(shard, count),
+                max_wait_ms=max(1, max_wait_ms // len(shards)),
+                edge_resync=edge_resync and index == 0,
+                **options,
+            )
+            for index, shard in enumerate(shards)
+        ]
+    )
 
 
 def _parse_id(value) -> tuple[int, int]:

@@ -43,7 +43,7 @@ def key():
 
 def drain(consumer: UsageConsumer, redis_client) -> None:
     deadline = time.monotonic() + 10
-    while redis_client.xpending(STREAM, GROUP)["pending"] or consumer.lag_observe():
+    while redis_client.xpending(STREAM, GROUP)["pending"] or consumer.observe():
         assert time.monotonic() < deadline, "the consumer did not drain the stream"
         consumer.step()
 
@@ -52,7 +52,7 @@ def test_ingest_lag_rises_while_consumers_are_stopped_and_falls_when_they_return
     consumer = UsageConsumer(redis_client, name="lag-1", max_wait_ms=50)
     consumer.ensure_group()
     assert web_lag(client) == 0.0
-    assert consumer.lag_observe() == 0.0
+    assert consumer.observe() == 0.0
 
     publish(redis_client, edge_event(key), edge_event(key))
     time.sleep(1.0)
@@ -62,7 +62,7 @@ def test_ingest_lag_rises_while_consumers_are_stopped_and_falls_when_they_return
 
     assert 1.0 <= first < 5.0
     assert second >= first + 0.5
-    assert consumer.lag_observe() >= second
+    assert consumer.observe() >= second
     assert REGISTRY.get_sample_value("tollgate_ingest_lag_seconds") >= second
 
     drain(consumer, redis_client)
@@ -84,7 +84,7 @@ def test_entries_a_dead_consumer_left_unacknowledged_count_until_another_claims_
 
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 1
     assert web_lag(client) >= 1.1
-    assert survivor.lag_observe() >= 1.1
+    assert survivor.observe() >= 1.1
 
     drain(survivor, redis_client)
 

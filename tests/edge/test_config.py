@@ -153,8 +153,8 @@ def test_http_limits_default_and_may_be_set_one_by_one(tmp_path):
             {"listn": {"port": 1}, "routes": ROUTES},
             {},
             "the edge config has unknown settings: listn (known: access_log, auth_cache, body_limit_bytes, "
-            "default_max_tokens, fail_open, http, lease_ttl_seconds, listen, metrics_token, redis_url, routes, spool, trusted_proxies, "
-            "unknown_keys, workers)",
+            "default_max_tokens, fail_open, http, lease_ttl_seconds, listen, metrics_token, redis_cluster, "
+            "redis_url, routes, spool, trusted_proxies, unknown_keys, usage_stream_shards, workers)",
         ),
         (
             {"spool": {"directory": "/tmp"}, "routes": ROUTES},
@@ -225,12 +225,62 @@ def test_http_limits_default_and_may_be_set_one_by_one(tmp_path):
             "EDGE_TRUSTED_PROXIES has an entry that is not a CIDR: '10.0.0.256'",
         ),
         ({"routes": ROUTES}, {"EDGE_PORT": "http"}, "EDGE_PORT must be a number, got 'http'"),
+        (
+            {"redis_cluster": True, "routes": ROUTES},
+            {},
+            "redis_cluster: a Redis Cluster has only database 0, remove it from the URL",
+        ),
+        (
+            {"redis_cluster": True, "routes": ROUTES},
+            {"EDGE_REDIS_URL": "unix:///run/redis.sock"},
+            "redis_cluster needs a redis:// or rediss:// URL of a node, not a socket",
+        ),
+        (
+            {"redis_cluster": "maybe", "routes": ROUTES},
+            {},
+            "redis_cluster must be true or false, got 'maybe'",
+        ),
+        ({"usage_stream_shards": 0, "routes": ROUTES}, {}, "usage_stream_shards must be >= 1, got 0"),
+        (
+            {"routes": ROUTES},
+            {"EDGE_USAGE_STREAM_SHARDS": "2000"},
+            "usage_stream_shards must be <= 1024, got 2000",
+        ),
+        (
+            {"routes": ROUTES},
+            {"EDGE_USAGE_STREAM_SHARDS": "four"},
+            "usage_stream_shards must be a number, got 'four'",
+        ),
     ],
 )
 def test_a_bad_setting_is_refused_with_a_message_that_names_it(tmp_path, data, env, message):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, data, **env)
     assert str(caught.value) == message
+
+
+def test_a_cluster_and_stream_shards_are_off_unless_configured(tmp_path):
+    config = load(tmp_path, {"routes": ROUTES})
+
+    assert (config.redis_cluster, config.usage_stream_shards) == (False, 1)
+
+
+def test_a_cluster_and_stream_shards_come_from_the_file_or_the_environment(tmp_path):
+    from_file = load(
+        tmp_path,
+        {"redis_cluster": True, "usage_stream_shards": 4, "routes": ROUTES},
+        EDGE_REDIS_URL="redis://10.0.0.5:7000",
+    )
+    from_env = load(
+        tmp_path,
+        {"routes": ROUTES},
+        EDGE_REDIS_URL="rediss://user:secret@redis-cluster.internal:6379/0",
+        EDGE_REDIS_CLUSTER="true",
+        EDGE_USAGE_STREAM_SHARDS="8",
+    )
+
+    assert (from_file.redis_cluster, from_file.usage_stream_shards) == (True, 4)
+    assert (from_env.redis_cluster, from_env.usage_stream_shards) == (True, 8)
 
 
 def test_trusted_proxies_are_parsed_once_into_networks(tmp_path):

@@ -31,11 +31,21 @@ def current_database_url() -> str:
 class ConsumerProcess:
     """``manage.py ingest_usage`` in a subprocess, its output in ``directory/<name>.log``."""
 
-    def __init__(self, directory: Path, *, name: str, database_url: str, redis_url: str, args=()):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        name: str,
+        database_url: str,
+        redis_url: str,
+        args=(),
+        env: dict | None = None,
+    ):
         self.name = name
         self._signalled = False
         self.port = free_port()
         self.log = Path(directory) / f"{name}-{self.port}.log"
+        extra_env = env
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -45,6 +55,7 @@ class ConsumerProcess:
         }
         env.pop("EDGE_REDIS_URL", None)
         env.pop("USAGE_CONSUMER_NAME", None)
+        env.update(extra_env or {})
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [

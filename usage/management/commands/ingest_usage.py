@@ -1,11 +1,19 @@
 import argparse
 import socket
 
-import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from usage.consumer import UsageConsumer
+from edge.streams import parse_shards
+from keys.publication import edge_redis_connect
+from usage.consumer import shard_consumers
+
+
+def _shards(value: str) -> tuple[int, ...] | None:
+    try:
+        return parse_shards(value, settings.USAGE_STREAM_SHARDS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Command(BaseCommand):
@@ -37,6 +45,13 @@ class Command(BaseCommand):
             help="re-publish key records and prices when Redis lost them (tg:synced missing)",
         )
         parser.add_argument(
+            "--shards",
+            type=_shards,
+            default=settings.USAGE_CONSUMER_SHARDS,
+            help="comma-separated usage stream shards to read, from 0 to USAGE_STREAM_SHARDS - 1 "
+            "(default: USAGE_CONSUMER_SHARDS, else all)",
+        )
+        parser.add_argument(
             "--metrics-port",
             type=int,
             default=0,
@@ -53,20 +68,20 @@ class Command(BaseCommand):
             from portal.observability import probes_serve
 
             probes_serve(host=options["metrics_host"], port=options["metrics_port"])
-        client = redis.Redis.from_url(
-            settings.EDGE_REDIS_URL or settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=5
-        )
-        consumer = UsageConsumer(
+        client = edge_redis_connect(socket_timeout=30, socket_connect_timeout=5)
+        consumers = shard_consumers(
             client,
             name=options["name"],
+            shards=options["shards"],
             batch_size=options["batch_size"],
             max_wait_ms=options["max_wait_ms"],
             claim_idle_ms=options["claim_idle_ms"],
             dead_consumer_idle_ms=options["dead_consumer_idle_ms"],
             edge_resync=options["edge_resync"],
         )
-        self.stdout.write(f"ingest_usage: consumer {consumer.name} reading {consumer.stream}")
-        if consumer.run():
+        streams = ", ".join(consumer.stream for consumer in consumers.consumers)
+        self.stdout.write(f"ingest_usage: consumer {options['name']} reading {streams}")
+        if consumers.run():
             self.stdout.write("ingest_usage: stopped after finishing its batch")
         else:
             self.stdout.write("ingest_usage: stopped during an outage; its batch stays pending")

@@ -1,10 +1,9 @@
 from datetime import UTC, datetime, timedelta
 
-import redis
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from keys.publication import edge_redis_connect
 from usage.reconcile import usage_reconcile
 
 
@@ -36,7 +35,7 @@ class Command(BaseCommand):
         since = _moment(options["since"])
         until = timezone.now() - timedelta(minutes=options["settle_minutes"])
         until = until.replace(minute=0, second=0, microsecond=0) if options["settle_minutes"] else None
-        client = redis.Redis.from_url(settings.EDGE_REDIS_URL or settings.REDIS_URL)
+        client = edge_redis_connect()
         differences = usage_reconcile(client=client, since=since, until=until)
         for d in differences:
             self.stdout.write(
