@@ -72,7 +72,7 @@ class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedAdmin):
 
     @admin.display(description="name", ordering="name")
     def short_name(self, obj: ApiKey) -> str:
-        return truncated(obj.name, 24)
+        return truncated(obj.name, 20)
 
     @admin.display(description="organization", ordering="organization__name")
     def organization_name(self, obj: ApiKey) -> str:

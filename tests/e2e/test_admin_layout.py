@@ -83,7 +83,7 @@ def test_the_admin_key_list_fits_at_1280px_and_cuts_long_names_with_a_tooltip(
     assert admin_page.evaluate(RESULTS_FIT)
     name = rows.first.locator("td.field-short_name span")
     expect(name).to_have_attribute("title", f"{LONG_NAME} 2")
-    expect(name).to_have_text(f"{LONG_NAME[:23]}…")
+    expect(name).to_have_text(f"{LONG_NAME[:19]}…")
     expect(rows.first.locator("td.field-organization_name span")).to_have_attribute(
         "title", f"{busy_organization.name} ({busy_organization.slug})"
     )

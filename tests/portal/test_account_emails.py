@@ -90,7 +90,7 @@ def test_password_reset_for_an_unknown_address_says_so_and_offers_sign_up(
     assert message.subject == "[Tollgate] No account for this address"
     assert message.body == (
         "Hello,\n\n"
-        "Someone, most likely you, asked to reset the password of a Tollgate account for nobody@example.com, "
+        "Someone, most likely you, asked to reset the password of an account on Tollgate for nobody@example.com, "
         "but there is no account for this address.\n\n"
         "If it was you, sign up here:\n\n"
         "http://testserver/accounts/signup/\n\n"
@@ -129,7 +129,7 @@ def test_the_site_name_comes_from_the_settings(client, settings, django_capture_
         {"email": "nobody@example.com"},
     )
     assert message.subject == "[Acme Models] No account for this address"
-    assert "a Acme Models account for nobody@example.com" in message.body
+    assert "an account on Acme Models for nobody@example.com" in message.body
     assert message.body.endswith("\n\nAcme Models\nhttps://models.acme.example")
     assert "Tollgate" not in message.body
     html = message.alternatives[0][0]

@@ -207,3 +207,10 @@ def test_deploy_checks_fail_when_production_protections_are_switched_off(monkeyp
 
     assert result.returncode != 0
     assert "security.W008" in result.stderr
+
+
+def test_process_refuses_to_start_with_a_blank_site_name():
+    result = _run(["-c", "import django; django.setup()"], SITE_NAME="  ")
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: SITE_NAME must not be empty" in result.stderr
