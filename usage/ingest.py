@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from edge.events import SCHEMA_VERSION, UsageEvent
+from edge.events import REFUSAL_REASONS, SCHEMA_VERSION, UsageEvent
 from usage.partitions import add_months
 from usage.periods import closed_periods_locked
 
@@ -49,6 +49,7 @@ class Event:
     ttft_ms: float | None
     request_id: str
     source: str
+    refusal: str = ""  # why the edge refused it (edge/events.py REFUSAL_REASONS); "" when served
 
 
 class KeyDirectory:
@@ -112,14 +113,23 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
     if data.get("org_id") != org_id:
         raise InvalidEvent(f"org_id {data.get('org_id')!r} does not own key {data.get('key_id')!r}")
     ended_ms = _int(data, "ended_at_ms", minimum=1, maximum=MAX_TIMESTAMP_MS)
+    # Absent in events written before refusals were metered: those were all served.
+    refusal = data.get("refusal", "")
+    if refusal and refusal not in REFUSAL_REASONS:
+        raise InvalidEvent(f"unknown refusal reason {refusal!r}")
     model = data.get("model")
-    if not isinstance(model, str) or not model or len(model) > 200:
+    # A refused request may not have named a model the edge knows (it was refused before).
+    if not isinstance(model, str) or not (model or refusal) or len(model) > 200:
         raise InvalidEvent("model must be a string of 1 to 200 characters")
     model = _text(data, "model", 200)
     input_tokens = _int(data, "input_tokens")
     cached = _int(data, "cached_tokens")
     if cached > input_tokens:
         raise InvalidEvent("cached_tokens cannot exceed input_tokens")
+    cost = _int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0
+    output_tokens = _int(data, "output_tokens")
+    if refusal and (input_tokens or output_tokens or cost):
+        raise InvalidEvent("a refused request carries no tokens and no cost")
     return Event(
         event_id=event_id,
         occurred_at=datetime.fromtimestamp(ended_ms / 1000, tz=UTC),
@@ -129,14 +139,15 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
         endpoint=_text(data, "endpoint", 32),
         status=_int(data, "status", minimum=0, maximum=999),
         input_tokens=input_tokens,
-        output_tokens=_int(data, "output_tokens"),
+        output_tokens=output_tokens,
         cached_tokens=cached,
         estimated=bool(data.get("estimated", False)),
-        cost_micro_minor=_int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0,
+        cost_micro_minor=cost,
         latency_ms=_optional_float(data, "latency_ms"),
         ttft_ms=_optional_float(data, "ttft_ms"),
         request_id=_text(data, "request_id", 128),
         source="edge",
+        refusal=refusal,
     )
 
 
@@ -151,13 +162,13 @@ def billed_period_for(occurred: datetime, closed: set[date]) -> date:
 _COLUMNS = (
     "event_id, occurred_at, organization_id, key_id, model, endpoint, status, input_tokens, "
     "output_tokens, cached_tokens, estimated, cost_micro_minor, latency_ms, ttft_ms, request_id, "
-    "source, billed_period, late, ingested_at"
+    "source, billed_period, late, ingested_at, refusal"
 )
 # Binary COPY needs each column's type, in _COLUMNS order.
 _COPY_TYPES = (
     "uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "int2", "int8",
     "int8", "int8", "bool", "int8", "float8", "float8", "varchar",
-    "varchar", "date", "bool", "timestamptz",
+    "varchar", "date", "bool", "timestamptz", "varchar",
 )  # fmt: skip
 
 # A session-local staging table: the batch arrives by binary COPY, the cheapest way in for
@@ -178,14 +189,15 @@ WITH staged AS (
     SELECT {_COLUMNS} FROM staged ORDER BY organization_id, event_id, occurred_at
     ON CONFLICT (organization_id, event_id, occurred_at) DO NOTHING
     RETURNING event_id, occurred_at, organization_id, key_id, model, status, input_tokens,
-        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period
+        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period, refusal
 ), rollup AS (
     INSERT INTO usage_usagerollup (
-        organization_id, key_id, model, hour, billed_period, requests, errors, input_tokens,
-        output_tokens, cached_tokens, estimated_requests, cost_micro_minor
+        organization_id, key_id, model, hour, billed_period, requests, errors, refusals,
+        input_tokens, output_tokens, cached_tokens, estimated_requests, cost_micro_minor
     )
     SELECT organization_id, key_id, model, date_trunc('hour', occurred_at, 'UTC'), billed_period,
-        count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens),
+        count(*), count(*) FILTER (WHERE status >= 400), count(*) FILTER (WHERE refusal <> ''),
+        sum(input_tokens), sum(output_tokens),
         sum(cached_tokens), count(*) FILTER (WHERE estimated), sum(cost_micro_minor)
     FROM inserted
     GROUP BY 1, 2, 3, 4, 5
@@ -193,6 +205,7 @@ WITH staged AS (
     ON CONFLICT (organization_id, key_id, model, hour, billed_period) DO UPDATE SET
         requests = usage_usagerollup.requests + EXCLUDED.requests,
         errors = usage_usagerollup.errors + EXCLUDED.errors,
+        refusals = usage_usagerollup.refusals + EXCLUDED.refusals,
         input_tokens = usage_usagerollup.input_tokens + EXCLUDED.input_tokens,
         output_tokens = usage_usagerollup.output_tokens + EXCLUDED.output_tokens,
         cached_tokens = usage_usagerollup.cached_tokens + EXCLUDED.cached_tokens,
@@ -240,7 +253,7 @@ def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
                         e.event_id, occurred, e.organization_id, e.key_id, e.model, e.endpoint,
                         e.status, e.input_tokens, e.output_tokens, e.cached_tokens, e.estimated,
                         e.cost_micro_minor, e.latency_ms, e.ttft_ms, e.request_id, e.source,
-                        period, late, now,
+                        period, late, now, e.refusal,
                     )
                 )  # fmt: skip
         cursor.execute(_INGEST)
