@@ -285,6 +285,7 @@ class Edge:
                     type="permission_error",
                     param="model",
                     code="model_not_allowed",
+                    refusal="model_not_allowed",
                 )
             stream = bool(payload.get("stream")) and endpoint != "embeddings"
             client_wants_usage = False
