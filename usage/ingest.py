@@ -115,7 +115,7 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
     ended_ms = _int(data, "ended_at_ms", minimum=1, maximum=MAX_TIMESTAMP_MS)
     # Absent in events written before refusals were metered: those were all served.
     refusal = data.get("refusal", "")
-    if refusal and refusal not in REFUSAL_REASONS:
+    if refusal and (not isinstance(refusal, str) or refusal not in REFUSAL_REASONS):
         raise InvalidEvent(f"unknown refusal reason {refusal!r}")
     model = data.get("model")
     # A refused request may not have named a model the edge knows (it was refused before).
