@@ -6,7 +6,9 @@ stores it. This is schema version 1; both sides read this one definition.
 A request of a known key that the edge refuses (401 for its standing, 402, 403, 429) has an
 event too, with the ``refusal`` reason, no tokens and no cost: counted, never billed.
 ``refusal`` was added within version 1, so it is absent from served requests' events and
-from every event written before it; absent reads as served.
+from every event written before it; absent reads as served. ``secret_id`` (which of the key's
+secrets was used, from its record) was added within version 1 too: absent or null, no
+secret's last use moves.
 """
 
 from typing import NotRequired, TypedDict
@@ -54,3 +56,4 @@ class UsageEvent(TypedDict):
     started_at_ms: int
     ended_at_ms: int
     refusal: NotRequired[str]  # one of REFUSAL_REASONS; absent when the request was served
+    secret_id: NotRequired[int | None]  # the key's secret that was presented (its record's)

@@ -80,6 +80,7 @@ class Meter:
             upstream=exchange.upstream_url,
             started_at_ms=int(request.started_wall * 1000),
             ended_at_ms=int(ended_wall * 1000),
+            secret_id=request.record.secret_id,
         )
         self.publisher.record(request.event, request.admission)
 
@@ -118,6 +119,7 @@ class Meter:
             started_at_ms=int((ended_wall - elapsed) * 1000),
             ended_at_ms=int(ended_wall * 1000),
             refusal=error.refusal,
+            secret_id=record.secret_id,
         )
         self.publisher.record(event, None)
 

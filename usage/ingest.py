@@ -50,6 +50,7 @@ class Event:
     request_id: str
     source: str
     refusal: str = ""  # why the edge refused it (edge/events.py REFUSAL_REASONS); "" when served
+    secret_id: int | None = None  # the key's secret that was presented, when the edge named it
 
 
 class KeyDirectory:
@@ -128,6 +129,9 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
         raise InvalidEvent("cached_tokens cannot exceed input_tokens")
     cost = _int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0
     output_tokens = _int(data, "output_tokens")
+    secret_id = (
+        _int(data, "secret_id", minimum=1, maximum=2**63 - 1) if data.get("secret_id") is not None else None
+    )
     if refusal and (input_tokens or output_tokens or cost):
         raise InvalidEvent("a refused request carries no tokens and no cost")
     return Event(
@@ -148,6 +152,7 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
         request_id=_text(data, "request_id", 128),
         source="edge",
         refusal=refusal,
+        secret_id=secret_id,
     )
 
 
@@ -162,13 +167,13 @@ def billed_period_for(occurred: datetime, closed: set[date]) -> date:
 _COLUMNS = (
     "event_id, occurred_at, organization_id, key_id, model, endpoint, status, input_tokens, "
     "output_tokens, cached_tokens, estimated, cost_micro_minor, latency_ms, ttft_ms, request_id, "
-    "source, billed_period, late, ingested_at, refusal"
+    "source, billed_period, late, ingested_at, refusal, secret_id"
 )
 # Binary COPY needs each column's type, in _COLUMNS order.
 _COPY_TYPES = (
     "uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "int2", "int8",
     "int8", "int8", "bool", "int8", "float8", "float8", "varchar",
-    "varchar", "date", "bool", "timestamptz", "varchar",
+    "varchar", "date", "bool", "timestamptz", "varchar", "int8",
 )  # fmt: skip
 
 # A session-local staging table: the batch arrives by binary COPY, the cheapest way in for
@@ -178,7 +183,7 @@ _STAGE = "CREATE TEMP TABLE IF NOT EXISTS usage_event_stage (LIKE usage_event) O
 _COPY = f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 # One statement: move the staged rows into the raw table, skipping events already there,
-# and fold only the rows actually inserted into the hourly rollups and keys' last use.
+# and fold only the rows actually inserted into the hourly rollups and keys' and secrets' last use.
 # Rows are taken in key order so that concurrent consumers lock them in the same order. The
 # conflict target names the key, so the insert fails loudly on a table without it.
 _INGEST = f"""
@@ -189,7 +194,7 @@ WITH staged AS (
     SELECT {_COLUMNS} FROM staged ORDER BY organization_id, event_id, occurred_at
     ON CONFLICT (organization_id, event_id, occurred_at) DO NOTHING
     RETURNING event_id, occurred_at, organization_id, key_id, model, status, input_tokens,
-        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period, refusal
+        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period, refusal, secret_id
 ), rollup AS (
     INSERT INTO usage_usagerollup (
         organization_id, key_id, model, hour, billed_period, requests, errors, refusals,
@@ -218,13 +223,22 @@ WITH staged AS (
     ) AS batch
     WHERE keys_apikey.id = batch.key_id
       AND (keys_apikey.last_used_at IS NULL OR keys_apikey.last_used_at < batch.used_at)
+), secret_used AS (
+    -- Only a secret of the event's own key: an event cannot move another key's secret.
+    UPDATE keys_apikeysecret SET last_used_at = batch.used_at
+    FROM (
+        SELECT secret_id, key_id, max(occurred_at) AS used_at FROM inserted
+        WHERE secret_id IS NOT NULL GROUP BY secret_id, key_id ORDER BY secret_id
+    ) AS batch
+    WHERE keys_apikeysecret.id = batch.secret_id AND keys_apikeysecret.key_id = batch.key_id
+      AND (keys_apikeysecret.last_used_at IS NULL OR keys_apikeysecret.last_used_at < batch.used_at)
 )
 SELECT organization_id, event_id FROM inserted
 """  # noqa: S608 - no input is formatted into the SQL, only the column list above
 
 
 def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
-    """Insert events and update rollups and keys' last use, in one transaction.
+    """Insert events and update rollups and keys' and secrets' last use, in one transaction.
 
     Return the (organization id, event id) pairs that were new; the others were already counted.
     """
@@ -253,7 +267,7 @@ def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
                         e.event_id, occurred, e.organization_id, e.key_id, e.model, e.endpoint,
                         e.status, e.input_tokens, e.output_tokens, e.cached_tokens, e.estimated,
                         e.cost_micro_minor, e.latency_ms, e.ttft_ms, e.request_id, e.source,
-                        period, late, now, e.refusal,
+                        period, late, now, e.refusal, e.secret_id,
                     )
                 )  # fmt: skip
         cursor.execute(_INGEST)

@@ -38,6 +38,8 @@ class UsageEvent(models.Model):
     ingested_at = models.DateTimeField()
     # Why the edge refused the request (edge/events.py REFUSAL_REASONS); "" when it was served.
     refusal = models.CharField(max_length=32, blank=True)
+    # The key's secret the client presented (keys.ApiKeySecret), when the edge named it.
+    secret_id = models.BigIntegerField(null=True)
 
     objects = TenantManager()
     unscoped = UnscopedManager()

@@ -46,9 +46,9 @@ def refused(key, reason: str, **fields) -> dict:
     )
 
 
-def test_the_schema_is_version_1_and_only_the_refusal_is_optional():
+def test_the_schema_is_version_1_and_only_the_refusal_and_the_secret_are_optional():
     assert SCHEMA_VERSION == 1
-    assert UsageEvent.__optional_keys__ == frozenset({"refusal"})
+    assert UsageEvent.__optional_keys__ == frozenset({"refusal", "secret_id"})
     assert set(REFUSAL_STATUS) == REFUSAL_REASONS
 
 

@@ -46,7 +46,15 @@ def client_for(refusal_edge):
     return make
 
 
-def refused_event(key: ApiKey, event: dict, *, status: int, reason: str, model: str = "mock-model") -> dict:
+def refused_event(
+    key: ApiKey,
+    event: dict,
+    *,
+    status: int,
+    reason: str,
+    model: str = "mock-model",
+    secret_id: int | None = None,
+) -> dict:
     """The event as the edge must write it; times and ids are taken from the event itself."""
     assert reason in REFUSAL_REASONS
     assert 0 <= event["latency_ms"] < 5000
@@ -77,6 +85,7 @@ def refused_event(key: ApiKey, event: dict, *, status: int, reason: str, model: 
         "started_at_ms": event["started_at_ms"],
         "ended_at_ms": event["ended_at_ms"],
         "refusal": reason,
+        "secret_id": key.secrets.get().pk if secret_id is None else secret_id,
     }
 
 
@@ -124,7 +133,8 @@ def test_a_rotated_out_secrets_request_is_a_401_event(
     refuse(client_for(old), openai.AuthenticationError)
 
     [event] = usage_events(1)
-    assert event == refused_event(key, event, status=401, reason="secret_rotated")
+    old_secret = key.secrets.order_by("created_at", "id").first()
+    assert event == refused_event(key, event, status=401, reason="secret_rotated", secret_id=old_secret.pk)
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,7 @@ def test_raw_rows_keep_every_field_of_the_edge_event(tenant, redis_client):
         "late": False,
         "ingested_at": row["ingested_at"],
         "refusal": "",
+        "secret_id": None,
     }
     assert timezone.now() - timedelta(seconds=30) < row["ingested_at"] <= timezone.now()
 

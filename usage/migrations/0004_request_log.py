@@ -1,7 +1,7 @@
-"""The request log: each raw event's refusal reason, refusals in the rollups, and the indexes
-that read an organization's newest events first.
+"""The request log: each raw event's refusal reason and secret, refusals in the rollups, and the
+indexes that read an organization's newest events first.
 
-Adding a column with a constant default changes the catalog only, on the parent and every
+Adding columns with a constant default (or none) changes the catalog only, on the parent and every
 partition; the indexes are built on every partition in this migration's transaction
 (ingestion waits for the lock meanwhile; the stream keeps its events until then).
 
@@ -14,6 +14,7 @@ from django.db import migrations, models
 
 FORWARD = """
 ALTER TABLE usage_event ADD COLUMN refusal varchar(32) NOT NULL DEFAULT '';
+ALTER TABLE usage_event ADD COLUMN secret_id bigint;
 CREATE INDEX usage_event_org_time_id ON usage_event (organization_id, occurred_at, event_id);
 CREATE INDEX usage_event_org_key_time_id ON usage_event (organization_id, key_id, occurred_at, event_id);
 DROP INDEX usage_event_org_time;
@@ -23,6 +24,7 @@ BACKWARD = """
 CREATE INDEX usage_event_org_time ON usage_event (organization_id, occurred_at);
 DROP INDEX usage_event_org_key_time_id;
 DROP INDEX usage_event_org_time_id;
+ALTER TABLE usage_event DROP COLUMN secret_id;
 ALTER TABLE usage_event DROP COLUMN refusal;
 """
 
