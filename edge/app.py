@@ -241,7 +241,25 @@ class Edge:
 
     # --- proxying -----------------------------------------------------------------------
     async def proxy(self, scope, receive, send, endpoint: str, request_id: str, started: float):
-        record = await self.auth.authenticate(scope)
+        try:
+            record = await self.auth.authenticate(scope)
+        except EdgeError as error:
+            if error.refusal:
+                # A known key refused for its standing or address: its request is in the
+                # organization's log, under the model it asked for.
+                payload = await _refused_payload(receive, self.config.body_limit_bytes)
+                model = payload.get("model")
+                known = isinstance(model, str) and 0 < len(model) <= 200 and self.config.route_for(model)
+                self.meter.refused(
+                    error,
+                    record=error.record,
+                    endpoint=endpoint,
+                    model=model if known else "",
+                    stream=bool(payload.get("stream")),
+                    request_id=request_id,
+                    started=started,
+                )
+            raise
         try:
             await self._proxy(record, scope, receive, send, endpoint, request_id, started)
         except EdgeError as error:
@@ -270,6 +288,7 @@ class Edge:
                     type="permission_error",
                     param="model",
                     code="model_not_allowed",
+                    refusal="model_not_allowed",
                 )
             stream = bool(payload.get("stream")) and endpoint != "embeddings"
             client_wants_usage = False
@@ -285,6 +304,16 @@ class Edge:
             admission, price = await self.admitter.admit(record, payload, endpoint, model)
         except EdgeError as error:
             error.model = route.pattern  # the metric's label: configured names only, a bounded set
+            if error.refusal:
+                self.meter.refused(
+                    error,
+                    record=record,
+                    endpoint=endpoint,
+                    model=model,
+                    stream=bool(payload.get("stream")),
+                    request_id=request_id,
+                    started=started,
+                )
             raise
         request = MeteredRequest(
             record=record,
@@ -341,6 +370,14 @@ def _json_object(body: bytes) -> dict:
     if not isinstance(payload, dict):
         raise EdgeError(400, "The request body must be a JSON object.", code="invalid_json")
     return payload
+
+
+async def _refused_payload(receive, limit: int) -> dict:
+    """Read what a refused request asked for, for its usage event; an unreadable body is {}."""
+    try:
+        return _json_object(await read_body(receive, limit))
+    except EdgeError:
+        return {}
 
 
 def _exit_with_parent() -> None:

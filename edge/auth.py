@@ -145,14 +145,19 @@ class Authenticator:
         record = await self._record(keyformat.key_hash(token, self.config.pepper), client_ip)
         if record is None:
             raise invalid_key()
-        _check_standing(record)
-        if not record.allows_ip(client_ip):
-            raise EdgeError(
-                403,
-                f"Requests from {client_ip} are not allowed for this API key.",
-                type="permission_error",
-                code="ip_not_allowed",
-            )
+        try:
+            _check_standing(record)
+            if not record.allows_ip(client_ip):
+                raise EdgeError(
+                    403,
+                    f"Requests from {client_ip} are not allowed for this API key.",
+                    type="permission_error",
+                    code="ip_not_allowed",
+                    refusal="ip_not_allowed",
+                )
+        except EdgeError as error:
+            error.record = record  # a known key: the caller meters the refusal
+            raise
         return record
 
     async def _record(self, secret_hash: str, client_ip: str | None) -> KeyRecord | None:
@@ -261,12 +266,13 @@ def _throttled(wait: float) -> EdgeError:
 def _check_standing(record: KeyRecord) -> None:
     reason = record.refusal()
     if reason == "revoked":
-        raise invalid_key("This API key has been revoked.")
+        raise invalid_key("This API key has been revoked.", refusal="key_revoked")
     if reason == "expired":
-        raise invalid_key("This API key has expired.")
+        raise invalid_key("This API key has expired.", refusal="key_expired")
     if reason == "rotated":
         raise invalid_key(
-            "This API key secret was rotated and its grace period has ended. Use the new secret."
+            "This API key secret was rotated and its grace period has ended. Use the new secret.",
+            refusal="secret_rotated",
         )
     if reason == "suspended":
         raise EdgeError(
@@ -274,6 +280,7 @@ def _check_standing(record: KeyRecord) -> None:
             "Your organization is suspended. Settle the outstanding balance in the Tollgate console to resume.",
             type="insufficient_quota",
             code="organization_suspended",
+            refusal="organization_suspended",
         )
     if reason == "billing_suspended":
         where = f" at {record.org_billing_url}" if record.org_billing_url else " in the Tollgate console"
@@ -283,6 +290,7 @@ def _check_standing(record: KeyRecord) -> None:
             f"Pay them on the Billing page{where} and requests resume within a second.",
             type="insufficient_quota",
             code="billing_suspended",
+            refusal="billing_suspended",
         )
 
 

@@ -13,6 +13,7 @@ class EdgeError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        refusal: str = "",
     ):
         super().__init__(message)
         self.status = status
@@ -21,6 +22,10 @@ class EdgeError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or []
+        # The reason (edge/events.py REFUSAL_REASONS) when this refuses a known key's request,
+        # which is then metered; and the key's record, when authentication refused it.
+        self.refusal = refusal
+        self.record = None
         # What the edge knew of the request when it refused it (for the request metrics), and
         # whether the exchange already metered it (an upstream error after admission).
         self.model = ""
@@ -33,8 +38,8 @@ class EdgeError(Exception):
         )
 
 
-def invalid_key(message: str = "Incorrect API key provided.") -> EdgeError:
-    return EdgeError(401, message, code="invalid_api_key")
+def invalid_key(message: str = "Incorrect API key provided.", refusal: str = "") -> EdgeError:
+    return EdgeError(401, message, code="invalid_api_key", refusal=refusal)
 
 
 def service_unavailable(message: str) -> EdgeError:

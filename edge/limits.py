@@ -307,7 +307,8 @@ SCRIPTS = {ADMIT_SHA: ADMIT, SETTLE_SHA: SETTLE}
 
 
 def served_key(org_id: int, ended_at_ms: int) -> str:
-    """The edge's per-organization, per-hour served counters (read by usage_reconcile)."""
+    """The edge's per-organization, per-hour counters of the requests it published an event
+    for, served or refused (read by usage_reconcile, which compares them with every event)."""
     return f"tg:served:{{o:{org_id}}}:{ended_at_ms // 3_600_000}"
 
 
@@ -399,6 +400,12 @@ class Refusal:
 
 
 NEVER = -1
+# The usage event's refusal reason (edge/events.py) for each kind of refusal but a budget's.
+REFUSAL_REASON = {
+    "requests": "rate_limit_rpm",
+    "tokens": "rate_limit_tpm",
+    "concurrency": "concurrency_limit",
+}
 
 
 def _duration(ms: int) -> str:
@@ -530,8 +537,10 @@ def refusal_error(refusal: Refusal) -> EdgeError:
             "Lower max_tokens, raise the budget in the Tollgate console, or wait for the next month.",
             type="insufficient_quota",
             code="insufficient_quota",
+            refusal="budget_exceeded",
         )
     kind = "tokens" if refusal.kind == "tokens" else "requests"
+    reason = REFUSAL_REASON[refusal.kind]
     limit_headers = [
         (f"x-ratelimit-limit-{kind}".encode(), str(refusal.limit).encode()),
         (f"x-ratelimit-remaining-{kind}".encode(), str(refusal.remaining).encode()),
@@ -549,7 +558,7 @@ def refusal_error(refusal: Refusal) -> EdgeError:
                 "Raise the limit in the Tollgate console."
             )
         headers = [*limit_headers, (b"x-should-retry", b"false")]
-        return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers)
+        return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers, refusal=reason)
     retry_after = str(max(1, -(-refusal.reset_ms // 1000)))
     headers = [(b"retry-after", retry_after.encode())]
     if refusal.kind == "concurrency":
@@ -560,4 +569,4 @@ def refusal_error(refusal: Refusal) -> EdgeError:
             f"Retry after {retry_after}s."
         )
         headers += [*limit_headers, (f"x-ratelimit-reset-{kind}".encode(), f"{retry_after}s".encode())]
-    return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers)
+    return EdgeError(429, message, type=kind, code="rate_limit_exceeded", headers=headers, refusal=reason)

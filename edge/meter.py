@@ -1,4 +1,5 @@
-"""Metering: what a proxied request used and cost, as its usage event, metrics, log and span.
+"""Metering: what a proxied request used and cost, as its usage event, metrics, log and span;
+and the event of a known key's request that the edge refused.
 
 The event is made (and handed to publication) the moment the answer is complete, before
 the client has its last bytes; the rest is bookkeeping once the exchange is over.
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 from edge import metrics
 from edge.accesslog import AccessLog
+from edge.errors import EdgeError
 from edge.events import UsageEvent
 from edge.limits import Admission
 from edge.metering import count_tokens, new_event, prompt_text
@@ -78,8 +80,48 @@ class Meter:
             upstream=exchange.upstream_url,
             started_at_ms=int(request.started_wall * 1000),
             ended_at_ms=int(ended_wall * 1000),
+            secret_id=request.record.secret_id,
         )
         self.publisher.record(request.event, request.admission)
+
+    def refused(
+        self,
+        error: EdgeError,
+        *,
+        record: KeyRecord,
+        endpoint: str,
+        model: str,
+        stream: bool,
+        request_id: str,
+        started: float,
+    ) -> None:
+        """Make the event of a known key's request the edge refused and hand it to publication:
+        no tokens, no cost, and the reason. Its metrics and log line are the error's (Edge.handle)."""
+        elapsed = time.perf_counter() - started
+        ended_wall = time.time()
+        event = new_event(
+            request_id=request_id,
+            key_id=record.key_id,
+            org_id=record.org_id,
+            environment=record.environment,
+            endpoint=endpoint,
+            model=model,
+            stream=stream,
+            status=error.status,
+            input_tokens=0,
+            output_tokens=0,
+            cached_tokens=0,
+            estimated=False,
+            cost_micro_minor=0,
+            latency_ms=round(elapsed * 1000, 3),
+            ttft_ms=None,
+            upstream="",
+            started_at_ms=int((ended_wall - elapsed) * 1000),
+            ended_at_ms=int(ended_wall * 1000),
+            refusal=error.refusal,
+            secret_id=record.secret_id,
+        )
+        self.publisher.record(event, None)
 
     def finished(self, request: MeteredRequest, exchange: Exchange) -> None:
         """The exchange is over (answered, failed or abandoned): its event, metrics, log and span."""

@@ -48,6 +48,7 @@ class KeyRecord:
     # Why the organization is not active ("", "billing", "staff") and where it pays its invoices.
     org_status_reason: str = ""
     org_billing_url: str = ""
+    secret_id: int | None = None  # the secret this record is for; its usage events name it
 
     def refusal(self, now: float | None = None) -> str | None:
         """Return why this secret cannot be used now, or None."""
@@ -93,6 +94,14 @@ def _limits(raw: dict | None, budget: dict | None) -> Limits:
     )
 
 
+def _optional_id(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"secret_id must be a positive integer, got {value!r}")
+    return value
+
+
 def parse_key_record(raw: bytes) -> KeyRecord:
     try:
         data = orjson.loads(raw)
@@ -113,6 +122,7 @@ def parse_key_record(raw: bytes) -> KeyRecord:
             # Added within version 1: records written before them have neither.
             org_status_reason=data.get("org_status_reason") or "",
             org_billing_url=data.get("org_billing_url") or "",
+            secret_id=_optional_id(data.get("secret_id")),
         )
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
         if isinstance(exc, RecordError):

@@ -5,6 +5,7 @@ Redis key ``tg:key:<hex HMAC-SHA256 of the secret under KEY_PEPPER>`` holds a JS
     {
       "v": 1,
       "key_id": "key_01j...",            # public id of the key
+      "secret_id": 7,                    # this secret's primary key: usage events name it
       "org_id": 42,                      # organization primary key
       "org_status": "active",            # active | past_due | suspended
       "org_status_reason": "",           # "" | billing | staff: why the org is not active
@@ -25,7 +26,7 @@ A secret is usable when ``status == "active"``, ``org_status != "suspended"`` an
 ``expires_at`` nor ``secret_expires_at`` has passed. On every change the portal rewrites the
 records of a key's secrets and publishes ``{"v": 1, "hashes": [...]}`` on ``tg:invalidate``.
 
-``org_status_reason`` and ``org_billing_url`` were added within version 1: an edge that does
+``org_status_reason``, ``org_billing_url`` and ``secret_id`` were added within version 1: an edge that does
 not know them ignores them, and the edge reads a record without them as having no reason.
 """
 
@@ -58,6 +59,7 @@ def key_record(key, secret) -> dict:
     return {
         "v": SCHEMA_VERSION,
         "key_id": key.public_id,
+        "secret_id": secret.pk,
         "org_id": key.organization_id,
         "org_status": organization.status,
         "org_status_reason": organization.status_reason,

@@ -119,6 +119,8 @@ class ApiKeySecret(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="End of the rotation grace.")
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Moved forward by ingest, per consumer batch, from the events the edge tags with this secret.
+    last_used_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApiKeySecretQuerySet.as_manager()
 

@@ -14,6 +14,7 @@ ORGANIZATION_PAGES = [
     ("API keys", "org-keys"),
     ("Service accounts", "org-service-accounts"),
     ("Usage", "org-usage"),
+    ("Requests", "org-usage-requests"),
     ("Billing", "org-billing"),
     ("Members", "org-members"),
     ("Audit log", "org-audit"),

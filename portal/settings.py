@@ -230,6 +230,8 @@ USAGE_DEAD_CONSUMER_IDLE_MS = env_int(
 )
 USAGE_LATE_WINDOW_DAYS = env_int("USAGE_LATE_WINDOW_DAYS", 35, minimum=1)
 USAGE_RAW_RETENTION_MONTHS = env_int("USAGE_RAW_RETENTION_MONTHS", 13, minimum=1)
+# The request log (/o/<slug>/usage/requests/) shows this many days of raw events.
+USAGE_REQUEST_LOG_DAYS = env_int("USAGE_REQUEST_LOG_DAYS", 30, minimum=1)
 
 # --- Billing -------------------------------------------------------------------------------
 # A month closes this long after it ends, so that the edge's last events of the month land in it.

@@ -136,7 +136,10 @@ class UsageQuerySerializer(serializers.Serializer):
 
 class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField(help_text="Answers with a status of 400 or more, refusals included.")
+    refusals = serializers.IntegerField(
+        help_text="Requests the edge refused: rate limits, budgets, the key's standing or access. Never billed."
+    )
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     cached_tokens = serializers.IntegerField()

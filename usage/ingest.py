@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from edge.events import SCHEMA_VERSION, UsageEvent
+from edge.events import REFUSAL_REASONS, SCHEMA_VERSION, UsageEvent
 from usage.partitions import add_months
 from usage.periods import closed_periods_locked
 
@@ -49,6 +49,8 @@ class Event:
     ttft_ms: float | None
     request_id: str
     source: str
+    refusal: str = ""  # why the edge refused it (edge/events.py REFUSAL_REASONS); "" when served
+    secret_id: int | None = None  # the key's secret that was presented, when the edge named it
 
 
 class KeyDirectory:
@@ -112,14 +114,26 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
     if data.get("org_id") != org_id:
         raise InvalidEvent(f"org_id {data.get('org_id')!r} does not own key {data.get('key_id')!r}")
     ended_ms = _int(data, "ended_at_ms", minimum=1, maximum=MAX_TIMESTAMP_MS)
+    # Absent in events written before refusals were metered: those were all served.
+    refusal = data.get("refusal", "")
+    if refusal and (not isinstance(refusal, str) or refusal not in REFUSAL_REASONS):
+        raise InvalidEvent(f"unknown refusal reason {refusal!r}")
     model = data.get("model")
-    if not isinstance(model, str) or not model or len(model) > 200:
+    # A refused request may not have named a model the edge knows (it was refused before).
+    if not isinstance(model, str) or not (model or refusal) or len(model) > 200:
         raise InvalidEvent("model must be a string of 1 to 200 characters")
     model = _text(data, "model", 200)
     input_tokens = _int(data, "input_tokens")
     cached = _int(data, "cached_tokens")
     if cached > input_tokens:
         raise InvalidEvent("cached_tokens cannot exceed input_tokens")
+    cost = _int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0
+    output_tokens = _int(data, "output_tokens")
+    secret_id = (
+        _int(data, "secret_id", minimum=1, maximum=2**63 - 1) if data.get("secret_id") is not None else None
+    )
+    if refusal and (input_tokens or output_tokens or cost):
+        raise InvalidEvent("a refused request carries no tokens and no cost")
     return Event(
         event_id=event_id,
         occurred_at=datetime.fromtimestamp(ended_ms / 1000, tz=UTC),
@@ -129,14 +143,16 @@ def event_from_edge(data: UsageEvent, keys: dict[str, tuple[int, int]]) -> Event
         endpoint=_text(data, "endpoint", 32),
         status=_int(data, "status", minimum=0, maximum=999),
         input_tokens=input_tokens,
-        output_tokens=_int(data, "output_tokens"),
+        output_tokens=output_tokens,
         cached_tokens=cached,
         estimated=bool(data.get("estimated", False)),
-        cost_micro_minor=_int(data, "cost_micro_minor", maximum=2**62) if "cost_micro_minor" in data else 0,
+        cost_micro_minor=cost,
         latency_ms=_optional_float(data, "latency_ms"),
         ttft_ms=_optional_float(data, "ttft_ms"),
         request_id=_text(data, "request_id", 128),
         source="edge",
+        refusal=refusal,
+        secret_id=secret_id,
     )
 
 
@@ -151,13 +167,13 @@ def billed_period_for(occurred: datetime, closed: set[date]) -> date:
 _COLUMNS = (
     "event_id, occurred_at, organization_id, key_id, model, endpoint, status, input_tokens, "
     "output_tokens, cached_tokens, estimated, cost_micro_minor, latency_ms, ttft_ms, request_id, "
-    "source, billed_period, late, ingested_at"
+    "source, billed_period, late, ingested_at, refusal, secret_id"
 )
 # Binary COPY needs each column's type, in _COLUMNS order.
 _COPY_TYPES = (
     "uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "int2", "int8",
     "int8", "int8", "bool", "int8", "float8", "float8", "varchar",
-    "varchar", "date", "bool", "timestamptz",
+    "varchar", "date", "bool", "timestamptz", "varchar", "int8",
 )  # fmt: skip
 
 # A session-local staging table: the batch arrives by binary COPY, the cheapest way in for
@@ -167,7 +183,7 @@ _STAGE = "CREATE TEMP TABLE IF NOT EXISTS usage_event_stage (LIKE usage_event) O
 _COPY = f"COPY usage_event_stage ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 # One statement: move the staged rows into the raw table, skipping events already there,
-# and fold only the rows actually inserted into the hourly rollups and keys' last use.
+# and fold only the rows actually inserted into the hourly rollups and keys' and secrets' last use.
 # Rows are taken in key order so that concurrent consumers lock them in the same order. The
 # conflict target names the key, so the insert fails loudly on a table without it.
 _INGEST = f"""
@@ -178,14 +194,15 @@ WITH staged AS (
     SELECT {_COLUMNS} FROM staged ORDER BY organization_id, event_id, occurred_at
     ON CONFLICT (organization_id, event_id, occurred_at) DO NOTHING
     RETURNING event_id, occurred_at, organization_id, key_id, model, status, input_tokens,
-        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period
+        output_tokens, cached_tokens, estimated, cost_micro_minor, billed_period, refusal, secret_id
 ), rollup AS (
     INSERT INTO usage_usagerollup (
-        organization_id, key_id, model, hour, billed_period, requests, errors, input_tokens,
-        output_tokens, cached_tokens, estimated_requests, cost_micro_minor
+        organization_id, key_id, model, hour, billed_period, requests, errors, refusals,
+        input_tokens, output_tokens, cached_tokens, estimated_requests, cost_micro_minor
     )
     SELECT organization_id, key_id, model, date_trunc('hour', occurred_at, 'UTC'), billed_period,
-        count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens),
+        count(*), count(*) FILTER (WHERE status >= 400), count(*) FILTER (WHERE refusal <> ''),
+        sum(input_tokens), sum(output_tokens),
         sum(cached_tokens), count(*) FILTER (WHERE estimated), sum(cost_micro_minor)
     FROM inserted
     GROUP BY 1, 2, 3, 4, 5
@@ -193,6 +210,7 @@ WITH staged AS (
     ON CONFLICT (organization_id, key_id, model, hour, billed_period) DO UPDATE SET
         requests = usage_usagerollup.requests + EXCLUDED.requests,
         errors = usage_usagerollup.errors + EXCLUDED.errors,
+        refusals = usage_usagerollup.refusals + EXCLUDED.refusals,
         input_tokens = usage_usagerollup.input_tokens + EXCLUDED.input_tokens,
         output_tokens = usage_usagerollup.output_tokens + EXCLUDED.output_tokens,
         cached_tokens = usage_usagerollup.cached_tokens + EXCLUDED.cached_tokens,
@@ -205,13 +223,22 @@ WITH staged AS (
     ) AS batch
     WHERE keys_apikey.id = batch.key_id
       AND (keys_apikey.last_used_at IS NULL OR keys_apikey.last_used_at < batch.used_at)
+), secret_used AS (
+    -- Only a secret of the event's own key: an event cannot move another key's secret.
+    UPDATE keys_apikeysecret SET last_used_at = batch.used_at
+    FROM (
+        SELECT secret_id, key_id, max(occurred_at) AS used_at FROM inserted
+        WHERE secret_id IS NOT NULL GROUP BY secret_id, key_id ORDER BY secret_id
+    ) AS batch
+    WHERE keys_apikeysecret.id = batch.secret_id AND keys_apikeysecret.key_id = batch.key_id
+      AND (keys_apikeysecret.last_used_at IS NULL OR keys_apikeysecret.last_used_at < batch.used_at)
 )
 SELECT organization_id, event_id FROM inserted
 """  # noqa: S608 - no input is formatted into the SQL, only the column list above
 
 
 def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
-    """Insert events and update rollups and keys' last use, in one transaction.
+    """Insert events and update rollups and keys' and secrets' last use, in one transaction.
 
     Return the (organization id, event id) pairs that were new; the others were already counted.
     """
@@ -240,7 +267,7 @@ def usage_events_ingest(events: list[Event]) -> set[tuple[int, uuid.UUID]]:
                         e.event_id, occurred, e.organization_id, e.key_id, e.model, e.endpoint,
                         e.status, e.input_tokens, e.output_tokens, e.cached_tokens, e.estimated,
                         e.cost_micro_minor, e.latency_ms, e.ttft_ms, e.request_id, e.source,
-                        period, late, now,
+                        period, late, now, e.refusal, e.secret_id,
                     )
                 )  # fmt: skip
         cursor.execute(_INGEST)

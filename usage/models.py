@@ -36,6 +36,10 @@ class UsageEvent(models.Model):
     billed_period = models.DateField()
     late = models.BooleanField()
     ingested_at = models.DateTimeField()
+    # Why the edge refused the request (edge/events.py REFUSAL_REASONS); "" when it was served.
+    refusal = models.CharField(max_length=32, blank=True)
+    # The key's secret the client presented (keys.ApiKeySecret), when the edge named it.
+    secret_id = models.BigIntegerField(null=True)
 
     objects = TenantManager()
     unscoped = UnscopedManager()
@@ -58,7 +62,12 @@ class UsageRollup(models.Model):
     hour = models.DateTimeField()
     billed_period = models.DateField(help_text="First day of the month whose invoice carries these events.")
     requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(
+        default=0, help_text="Answers with a status of 400 or more, refusals included."
+    )
+    refusals = models.BigIntegerField(
+        default=0, help_text="Requests the edge refused (limits, standing, access)."
+    )
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)

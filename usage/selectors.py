@@ -8,7 +8,15 @@ from django.db.models.functions import Cast, TruncDay
 
 from usage.models import UsageRollup
 
-METRICS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "estimated_requests")
+METRICS = (
+    "requests",
+    "errors",
+    "refusals",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "estimated_requests",
+)
 GROUPS = ("model", "key")
 
 

@@ -5,6 +5,7 @@ from datetime import date, datetime, time, timedelta
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -18,16 +19,18 @@ from billing.selectors import (
     billing_upcoming,
     current_period,
     month_to_date_costs,
+    plan_for,
     usage_costs,
     usage_forecast,
 )
-from keys.selectors import api_key_get
+from keys.selectors import api_key_get, api_keys_list
 from portal.console import OrganizationMixin
 from portal.errors import DomainError
 from portal.roles import Perm
-from usage import selectors
+from usage import requestlog, selectors
 from usage.colors import model_color
 from usage.export import usage_csv_response, usage_rows
+from usage.partitions import month_start
 
 PRESETS = {
     "24h": ("Last 24 hours", timedelta(hours=24)),
@@ -43,6 +46,8 @@ EXPORT_GROUPS = ("model", "key")
 TOP_KEYS = 10
 DASHBOARD_DAYS = 7
 DASHBOARD_TOP_KEYS = 5
+# The request log's time inputs: text, in ISO 8601, read the same in every browser.
+ISO_TIME_ATTRS = {"placeholder": "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ", "size": 22}
 
 
 @dataclass(frozen=True)
@@ -408,3 +413,91 @@ class UsageExportView(OrganizationMixin, View):
             if part
         )
         return usage_csv_response(rows, group_by=EXPORT_GROUPS, filename=f"{name}.csv")
+
+
+class RequestLogFilterForm(forms.Form):
+    """The request log's query string: key, model, status class, a time range, and the cursor."""
+
+    key = forms.ChoiceField(required=False, label="Key")
+    model = forms.ChoiceField(required=False, label="Model")
+    status = forms.ChoiceField(
+        required=False,
+        label="Status",
+        choices=[("", "Any status"), ("2xx", "2xx"), ("4xx", "4xx"), ("5xx", "5xx"), ("refused", "Refused")],
+    )
+    start = forms.DateTimeField(required=False, label="From", widget=forms.TextInput(attrs=ISO_TIME_ATTRS))
+    end = forms.DateTimeField(required=False, label="To", widget=forms.TextInput(attrs=ISO_TIME_ATTRS))
+    after = forms.CharField(required=False, max_length=80, widget=forms.HiddenInput)
+
+    def __init__(self, *args, organization, now: datetime, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only this organization's keys are choices: another's id is refused like a missing one.
+        self.keys = {key.public_id: key for key in api_keys_list(organization=organization).order_by("name")}
+        self.fields["key"].choices = [("", "Any key")] + [
+            (public_id, f"{key.name} ({public_id})") for public_id, key in self.keys.items()
+        ]
+        models = requestlog.request_log_models(organization=organization, now=now)
+        self.fields["model"].choices = [("", "Any model")] + [(model, model) for model in models]
+
+    def clean_end(self):
+        end = self.cleaned_data["end"]
+        raw = self.data.get("end", "")
+        # A bare date ends the range at the end of that day.
+        return end + timedelta(days=1) if end and len(raw.strip()) == len("YYYY-MM-DD") else end
+
+    def clean_after(self):
+        after = self.cleaned_data["after"]
+        try:
+            return requestlog.Cursor.decode(after) if after else None
+        except ValueError:
+            raise forms.ValidationError("This page link is not valid; start from the first page.") from None
+
+    def clean(self):
+        data = super().clean()
+        data["api_key"] = self.keys.get(data.get("key") or "")
+        if data.get("start") and data.get("end") and data["start"] >= data["end"]:
+            raise forms.ValidationError("The start must be before the end.")
+        return data
+
+    error_messages = UsageFilterForm.error_messages
+
+
+class RequestLogView(OrganizationMixin, TemplateView):
+    """The organization's recent requests, served and refused, newest first."""
+
+    template_name = "usage/requests.html"
+    required_permission = Perm.USAGE_VIEW
+
+    def get(self, request, *args, **kwargs):
+        now = timezone.now()
+        form = RequestLogFilterForm(request.GET, organization=self.organization, now=now)
+        # A role that sees usage but not keys (billing) reads each key's name without a link to a 403.
+        context = {
+            "form": form,
+            "days": settings.USAGE_REQUEST_LOG_DAYS,
+            "can_open_keys": self.can(Perm.KEYS_VIEW),
+        }
+        if not form.is_valid():
+            return self.render_to_response(
+                self.get_context_data(errors=form.error_messages(), rows=[], **context), status=400
+            )
+        data = form.cleaned_data
+        rows, cursor = requestlog.request_log_page(
+            organization=self.organization,
+            now=now,
+            start=data["start"],
+            end=data["end"],
+            key_id=data["api_key"].pk if data["api_key"] else None,
+            model=data["model"],
+            status_class=data["status"],
+            after=data["after"],
+        )
+        query = request.GET.copy()
+        query.pop("after", None)
+        context.update(
+            rows=rows,
+            currency=plan_for(organization_id=self.organization.pk, period=month_start(now.date())).currency,
+            first_url=f"?{query.urlencode()}" if data["after"] else "",
+            next_url=f"?{urlencode({**query.dict(), 'after': cursor.encode()})}" if cursor else "",
+        )
+        return self.render_to_response(self.get_context_data(**context))

@@ -23,3 +23,13 @@ def per_mtok(price_minor, currency: str) -> str:
     major = Decimal(price_minor).scaleb(-exponent)
     shown = max(exponent, -major.normalize().as_tuple().exponent)
     return f"{major:,.{shown}f} {currency.upper()} / 1M"
+
+
+@register.filter
+def micro_money(amount_micro_minor, currency: str) -> str:
+    """Render an amount in millionths of a minor unit (one request's cost) with every significant
+    digit: ``1234|micro_money:"usd"`` as ``0.00001234 USD``, zero as ``0.00 USD``."""
+    exponent = minor_exponent(currency)
+    major = Decimal(int(amount_micro_minor)).scaleb(-6 - exponent)
+    shown = max(exponent, -major.normalize().as_tuple().exponent)
+    return f"{major:,.{shown}f} {currency.upper()}"

@@ -365,6 +365,7 @@ def _check_usage_retrieve(ctx, response, changes):
     counts = {
         "requests": 1,
         "errors": 0,
+        "refusals": 0,
         "input_tokens": 10,
         "output_tokens": 5,
         "cached_tokens": 0,

@@ -106,6 +106,7 @@ def test_key_with_every_field_set_parses_into_the_exact_key_record(actor, organi
         org_limits=Limits(rpm=1000, tpm=100_000, concurrency=20, budget_minor=20_000),
         org_status_reason="",
         org_billing_url=f"http://testserver/o/{organization.slug}/billing/",
+        secret_id=key.secrets.get().pk,
     )
     assert record.refusal() is None
     assert record.refusal(now=int(expires_at.timestamp()) - 1) is None

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 LLAMA = "llama-3.1-8b-instruct"
 QWEN = "qwen-2.5-72b"
-CSV_HEADER = "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests,cost_minor,currency"
+CSV_HEADER = "period,model,key_id,key_name,requests,errors,refusals,input_tokens,output_tokens,cached_tokens,estimated_requests,cost_minor,currency"
 DATASETS = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.map((dataset) => dataset.label)"
 SUM = "(id) => Chart.getChart(document.getElementById(id)).data.datasets.flatMap((d) => d.data).reduce((a, b) => a + b, 0)"
 LABELS = "(id) => Chart.getChart(document.getElementById(id)).data.labels"

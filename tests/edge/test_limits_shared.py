@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections import Counter
 
 import httpx
 import orjson
@@ -84,8 +85,16 @@ def stream_events(client) -> list[dict]:
     return [orjson.loads(fields[b"data"]) for _id, fields in client.xrange("tg:usage")]
 
 
-def wait_for_events(client, count: int, timeout: float = 10) -> list[dict]:
-    """Wait until the usage stream holds ``count`` events: settlement rides in the same pipeline."""
+def wait_for_events(
+    client, served: int, refused: dict[str, int] | None = None, timeout: float = 10
+) -> list[dict]:
+    """Wait until the usage stream holds the events of ``served`` requests and of the refused
+    ones (reason -> count; settlement rides in the same pipeline); return the served ones.
+
+    Each refusal's event is a 429 with its reason, no tokens and no cost.
+    """
+    refused = refused or {}
+    count = served + sum(refused.values())
     deadline = time.monotonic() + timeout
     while client.xlen("tg:usage") < count:
         assert time.monotonic() < deadline, f"{client.xlen('tg:usage')} usage events, expected {count}"
@@ -93,7 +102,13 @@ def wait_for_events(client, count: int, timeout: float = 10) -> list[dict]:
     time.sleep(0.1)
     events = stream_events(client)
     assert len(events) == count
-    return events
+    refusals = [event for event in events if "refusal" in event]
+    assert Counter(event["refusal"] for event in refusals) == Counter(refused)
+    assert [
+        (e["status"], e["input_tokens"], e["output_tokens"], e["cached_tokens"], e["cost_micro_minor"])
+        for e in refusals
+    ] == [(429, 0, 0, 0, 0)] * len(refusals)
+    return [event for event in events if "refusal" not in event]
 
 
 def statuses(responses) -> list[int]:
@@ -136,11 +151,12 @@ def test_two_edges_admit_exactly_the_key_requests_per_minute(edges, make_key, mo
         assert response.headers["x-ratelimit-limit-requests"] == "10"
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
         assert response.headers["x-ratelimit-reset-requests"] == f"{retry_after}s"
-    # Both edges answered; only the admitted requests reached the model server or were counted.
+    # Both edges answered; only the admitted requests reached the model server or were counted
+    # (the refused ones have events of their own, with no tokens).
     assert {str(r.url).rsplit("/v1", 1)[0] for r in responses} == {edges[0].url, edges[1].url}
     assert mock_upstream.stats()["by_path"] == {"/v1/chat/completions": 10}
     assert rate_hash(redis_client, key)[f"r:{win}"] == 10
-    assert len(wait_for_events(redis_client, 10)) == 10
+    assert len(wait_for_events(redis_client, 10, {"rate_limit_rpm": 20})) == 10
 
 
 def test_two_edges_hold_tokens_per_minute_and_settlement_frees_the_unused_estimate(
@@ -163,7 +179,7 @@ def test_two_edges_hold_tokens_per_minute_and_settlement_frees_the_unused_estima
         assert response.headers["x-ratelimit-remaining-tokens"] == "85"
 
     # The mock answered 1 prompt + 16 completion tokens each: 3 x 17 == 51 once settled.
-    events = wait_for_events(redis_client, 3)
+    events = wait_for_events(redis_client, 3, {"rate_limit_tpm": 5})
     assert {(e["input_tokens"], e["output_tokens"]) for e in events} == {(1, 16)}
     assert rate_hash(redis_client, key) == {f"r:{win}": 3, f"t:{win}": 51}
 
@@ -171,7 +187,7 @@ def test_two_edges_hold_tokens_per_minute_and_settlement_frees_the_unused_estima
     again = fire([(edges[i % 2].url, secret, chat(max_tokens=300), slow) for i in range(3)])
     assert statuses(again) == [200] * 3
     assert sorted(int(r.headers["x-ratelimit-remaining-tokens"]) for r in again) == [34, 339, 644]
-    wait_for_events(redis_client, 6)
+    wait_for_events(redis_client, 6, {"rate_limit_tpm": 5})
     assert rate_hash(redis_client, key) == {f"r:{win}": 6, f"t:{win}": 102}
     assert mock_upstream.stats()["by_path"] == {"/v1/chat/completions": 6}
 
@@ -254,7 +270,7 @@ def test_parallel_requests_on_two_edges_cannot_overshoot_the_key_budget(
     assert statuses(responses) == [200] * 4 + [429] * 8
     for response in (r for r in responses if r.status_code == 429):
         assert response.json() == budget_body(cap)
-    events = wait_for_events(redis_client, 4)
+    events = wait_for_events(redis_client, 4, {"budget_exceeded": 8})
     assert [e["cost_micro_minor"] for e in events] == [RESERVATION] * 4
     spent = budget_spent(redis_client, key)
     assert spent == sum(e["cost_micro_minor"] for e in events) == 40_000_000
@@ -273,7 +289,7 @@ def test_settlement_returns_the_unspent_reservation_and_the_budget_fills_without
     # 50 output tokens: each answer costs 5 cents against its 10-cent reservation.
     headers = {"x-mock-latency-ms": "500", "x-mock-words": "50"}
     admitted_per_burst = []
-    served = 0
+    served = refused = 0
     while not admitted_per_burst or admitted_per_burst[-1]:
         assert len(admitted_per_burst) < 10, admitted_per_burst
         calls = [(edges[i % 2].url, secret, chat(priced_model, max_tokens=100), headers) for i in range(12)]
@@ -282,7 +298,8 @@ def test_settlement_returns_the_unspent_reservation_and_the_budget_fills_without
         assert all(r.json() == budget_body(cap) for r in responses if r.status_code == 429)
         admitted_per_burst.append(admitted)
         served += admitted
-        events = wait_for_events(redis_client, served)
+        refused += len(responses) - admitted
+        events = wait_for_events(redis_client, served, {"budget_exceeded": refused})
         spent = budget_spent(redis_client, key)
         assert spent == sum(e["cost_micro_minor"] for e in events) == served * 5_000_000
         assert spent <= cap * 1_000_000
@@ -318,10 +335,10 @@ def test_concurrency_limit_holds_across_two_edges_and_leases_are_released(
         }
         assert response.headers["retry-after"] == "1"
     assert mock_upstream.stats()["by_path"] == {"/v1/chat/completions": 2}
-    wait_for_events(redis_client, 2)
+    wait_for_events(redis_client, 2, {"concurrency_limit": 6})
     assert redis_client.zcard(leases) == 0
     # The released slots are usable again, from either edge.
     again = fire([(edges[i % 2].url, secret, chat(), {}) for i in range(2)])
     assert statuses(again) == [200, 200]
-    wait_for_events(redis_client, 4)
+    wait_for_events(redis_client, 4, {"concurrency_limit": 6})
     assert redis_client.zcard(leases) == 0

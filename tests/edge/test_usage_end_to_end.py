@@ -155,6 +155,7 @@ def test_tokens_reported_by_the_model_server_reach_the_usage_api_exactly(edge, m
     assert body["totals"] == {
         "requests": 9,
         "errors": 1,
+        "refusals": 0,
         "input_tokens": 80,
         "output_tokens": 54,
         "cached_tokens": 4,

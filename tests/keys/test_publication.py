@@ -71,6 +71,7 @@ def test_created_key_record_is_exactly_the_v1_schema(actor, organization, publis
     assert _stored(redis_client, secret_hash) == {
         "v": 1,
         "key_id": key.public_id,
+        "secret_id": key.secrets.get().pk,
         "org_id": organization.pk,
         "org_status": "active",
         "org_status_reason": "",

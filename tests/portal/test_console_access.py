@@ -21,6 +21,7 @@ CONSOLE_PAGES = [
     ("org-settings", Perm.ORG_MANAGE),
     ("org-keys", Perm.KEYS_VIEW),
     ("org-usage", Perm.USAGE_VIEW),
+    ("org-usage-requests", Perm.USAGE_VIEW),
     ("org-billing", Perm.BILLING_VIEW),
 ]
 

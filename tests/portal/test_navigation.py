@@ -15,6 +15,7 @@ EVERY_PAGE = [
     "API keys",
     "Service accounts",
     "Usage",
+    "Requests",
     "Billing",
     "Members",
     "Audit log",
@@ -24,9 +25,18 @@ EVERY_PAGE = [
 NAV_BY_ROLE = {
     Role.OWNER: EVERY_PAGE,
     Role.ADMIN: EVERY_PAGE,
-    Role.DEVELOPER: ["Dashboard", "API keys", "Service accounts", "Usage", "Members"],
-    Role.BILLING: ["Dashboard", "Service accounts", "Usage", "Billing", "Members"],
-    Role.VIEWER: ["Dashboard", "API keys", "Service accounts", "Usage", "Billing", "Members", "Audit log"],
+    Role.DEVELOPER: ["Dashboard", "API keys", "Service accounts", "Usage", "Requests", "Members"],
+    Role.BILLING: ["Dashboard", "Service accounts", "Usage", "Requests", "Billing", "Members"],
+    Role.VIEWER: [
+        "Dashboard",
+        "API keys",
+        "Service accounts",
+        "Usage",
+        "Requests",
+        "Billing",
+        "Members",
+        "Audit log",
+    ],
 }
 
 URL_NAMES = {
@@ -34,6 +44,7 @@ URL_NAMES = {
     "API keys": "org-keys",
     "Service accounts": "org-service-accounts",
     "Usage": "org-usage",
+    "Requests": "org-usage-requests",
     "Billing": "org-billing",
     "Members": "org-members",
     "Audit log": "org-audit",

@@ -167,6 +167,7 @@ def test_every_console_page_an_owner_reaches_carries_the_policies_and_no_inline_
         f"/o/{organization.slug}/keys/",
         f"/o/{organization.slug}/keys/{key.public_id}/",
         f"/o/{organization.slug}/usage/",
+        f"/o/{organization.slug}/usage/requests/",
         f"/o/{organization.slug}/members/",
         f"/o/{organization.slug}/audit/",
         f"/o/{organization.slug}/settings/",

@@ -83,6 +83,7 @@ def at_ms(milliseconds: int) -> datetime:
 _METRICS = {
     "requests": Count("event_id"),
     "errors": Count("event_id", filter=Q(status__gte=400)),
+    "refusals": Count("event_id", filter=~Q(refusal="")),
     "input_tokens": Sum("input_tokens"),
     "output_tokens": Sum("output_tokens"),
     "cached_tokens": Sum("cached_tokens"),

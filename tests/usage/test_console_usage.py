@@ -37,6 +37,7 @@ CSV_HEADER = [
     "key_name",
     "requests",
     "errors",
+    "refusals",
     "input_tokens",
     "output_tokens",
     "cached_tokens",
@@ -48,20 +49,21 @@ CSV_HEADER = [
 UNPRICED = ["0", "usd"]
 LLAMA = "llama-3.1-8b-instruct"
 QWEN = "qwen-2.5-72b"
-# (key name, model, hours before the hour in progress, requests, errors, input, output, cached, estimated)
+# (key name, model, hours before the hour in progress, requests, errors, refusals (among the
+# errors), input, output, cached, estimated)
 ACME_ROWS = [
-    ("Search backend", LLAMA, 0, 5, 1, 1_000, 400, 100, 0),
-    ("Search backend", QWEN, 1, 3, 0, 900, 300, 0, 1),
-    ("Batch jobs", LLAMA, 1, 7, 2, 2_100, 700, 50, 0),
-    ("Batch jobs", QWEN, 5, 2, 0, 640, 160, 0, 0),
-    ("Search backend", LLAMA, 30, 4, 0, 800, 200, 20, 0),
-    ("Batch jobs", LLAMA, 72, 9, 1, 2_700, 900, 0, 2),
-    ("Search backend", QWEN, 24 * 20, 8, 0, 1_200, 600, 0, 0),
-    ("Batch jobs", LLAMA, 24 * 45, 11, 0, 3_300, 1_100, 0, 0),
+    ("Search backend", LLAMA, 0, 5, 1, 1, 1_000, 400, 100, 0),
+    ("Search backend", QWEN, 1, 3, 0, 0, 900, 300, 0, 1),
+    ("Batch jobs", LLAMA, 1, 7, 2, 1, 2_100, 700, 50, 0),
+    ("Batch jobs", QWEN, 5, 2, 0, 0, 640, 160, 0, 0),
+    ("Search backend", LLAMA, 30, 4, 0, 0, 800, 200, 20, 0),
+    ("Batch jobs", LLAMA, 72, 9, 1, 0, 2_700, 900, 0, 2),
+    ("Search backend", QWEN, 24 * 20, 8, 0, 0, 1_200, 600, 0, 0),
+    ("Batch jobs", LLAMA, 24 * 45, 11, 0, 0, 3_300, 1_100, 0, 0),
 ]
 OTHER_ROWS = [
-    ("Intruder key", LLAMA, 0, 1_000, 10, 500_000, 250_000, 0, 0),
-    ("Intruder key", QWEN, 1, 2_000, 20, 900_000, 450_000, 0, 0),
+    ("Intruder key", LLAMA, 0, 1_000, 10, 10, 500_000, 250_000, 0, 0),
+    ("Intruder key", QWEN, 1, 2_000, 20, 0, 900_000, 450_000, 0, 0),
 ]
 
 
@@ -72,6 +74,7 @@ class Seeded:
     hour: datetime
     requests: int
     errors: int
+    refusals: int
     input_tokens: int
     output_tokens: int
     cached_tokens: int
@@ -110,6 +113,7 @@ def _seed(organization, owner, rows) -> Tenant:
             billed_period=row.hour.date().replace(day=1),
             requests=row.requests,
             errors=row.errors,
+            refusals=row.refusals,
             input_tokens=row.input_tokens,
             output_tokens=row.output_tokens,
             cached_tokens=row.cached_tokens,
@@ -179,16 +183,16 @@ def _expected_totals(rows, start, end) -> dict:
     inside = [row for row in rows if start <= row.hour < end]
     return {
         metric: sum(getattr(row, metric) for row in inside)
-        for metric in ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens")
+        for metric in ("requests", "errors", "refusals", "input_tokens", "output_tokens", "cached_tokens")
     }
 
 
 def _expected_csv(rows, start, end, granularity) -> list[list[str]]:
-    sums = defaultdict(lambda: [0] * 6)
+    sums = defaultdict(lambda: [0] * 7)
     for row in rows:
         if start <= row.hour < end:
             cell = sums[(_period(row.hour, granularity), row.model, row.key.public_id, row.key.name)]
-            for index, metric in enumerate(CSV_HEADER[4:10]):
+            for index, metric in enumerate(CSV_HEADER[4:11]):
                 cell[index] += getattr(row, metric)
     return [
         [period.isoformat(), model, key_id, key_name, *map(str, values), *UNPRICED]
@@ -263,6 +267,7 @@ def test_default_week_charts_totals_and_top_keys_equal_the_rollups(client, acme,
     assert totals == {
         "requests": 30,
         "errors": 4,
+        "refusals": 2,
         "input_tokens": 8_140,
         "output_tokens": 2_660,
         "cached_tokens": 170,
@@ -515,7 +520,7 @@ def test_dashboard_shows_the_last_seven_days_by_day_and_the_top_five_keys(client
     extra = _seed(
         acme.organization,
         acme.owner,
-        [(f"Extra {n}", LLAMA, 2, 20 + n, 0, 100 * n, 10 * n, 0, 0) for n in range(1, 5)],
+        [(f"Extra {n}", LLAMA, 2, 20 + n, 0, 0, 100 * n, 10 * n, 0, 0) for n in range(1, 5)],
     )
     rows = acme.rows + extra.rows
     client.force_login(acme.owner)

@@ -104,6 +104,7 @@ def test_rollups_equal_the_sum_of_raw_events_per_key_model_and_hour(tenant, othe
         (tenant.org.pk, build.pk, "mock-model", base, period): {
             "requests": 2,
             "errors": 0,
+            "refusals": 0,
             "input_tokens": 17,
             "output_tokens": 19,
             "cached_tokens": 2,
@@ -113,6 +114,7 @@ def test_rollups_equal_the_sum_of_raw_events_per_key_model_and_hour(tenant, othe
         (tenant.org.pk, build.pk, "big-model", base, period): {
             "requests": 1,
             "errors": 0,
+            "refusals": 0,
             "input_tokens": 100,
             "output_tokens": 16,
             "cached_tokens": 0,
@@ -123,6 +125,7 @@ def test_rollups_equal_the_sum_of_raw_events_per_key_model_and_hour(tenant, othe
         (tenant.org.pk, build.pk, "mock-model", base + timedelta(hours=1), next_hour_period): {
             "requests": 1,
             "errors": 0,
+            "refusals": 0,
             "input_tokens": 1,
             "output_tokens": 1,
             "cached_tokens": 0,
@@ -132,6 +135,7 @@ def test_rollups_equal_the_sum_of_raw_events_per_key_model_and_hour(tenant, othe
         (tenant.org.pk, batch.pk, "mock-model", base, period): {
             "requests": 2,
             "errors": 1,
+            "refusals": 0,
             "input_tokens": 40,
             "output_tokens": 9,
             "cached_tokens": 0,
@@ -141,6 +145,7 @@ def test_rollups_equal_the_sum_of_raw_events_per_key_model_and_hour(tenant, othe
         (other_tenant.org.pk, foreign.pk, "mock-model", base, period): {
             "requests": 1,
             "errors": 0,
+            "refusals": 0,
             "input_tokens": 5,
             "output_tokens": 6,
             "cached_tokens": 0,
@@ -192,6 +197,8 @@ def test_raw_rows_keep_every_field_of_the_edge_event(tenant, redis_client):
         "billed_period": at_ms(event["ended_at_ms"]).date().replace(day=1),
         "late": False,
         "ingested_at": row["ingested_at"],
+        "refusal": "",
+        "secret_id": None,
     }
     assert timezone.now() - timedelta(seconds=30) < row["ingested_at"] <= timezone.now()
 
@@ -219,7 +226,9 @@ def both_counted_once(acme: ApiKey, globex: ApiKey, ours: dict, theirs: dict) ->
     )
     hour = at_ms(ours["ended_at_ms"]).replace(minute=0, second=0)
     period = hour.date().replace(day=1)
-    totals = dict.fromkeys(("errors", "cached_tokens", "estimated_requests", "cost_micro_minor"), 0)
+    totals = dict.fromkeys(
+        ("errors", "refusals", "cached_tokens", "estimated_requests", "cost_micro_minor"), 0
+    )
     assert rollup_rows() == {
         (acme.organization_id, acme.pk, "mock-model", hour, period): {
             **totals,

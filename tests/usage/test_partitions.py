@@ -293,7 +293,7 @@ def test_the_per_organization_key_migration_keeps_the_rows_of_every_partition(te
 
     key = "PRIMARY KEY (organization_id, event_id, occurred_at)"
     assert primary_keys() == {"usage_event": key, "usage_event_201903": key, "usage_event_default": key}
-    assert raw_indexes() == ["usage_event_org_time", "usage_event_pkey"]
+    assert raw_indexes() == ["usage_event_org_key_time_id", "usage_event_org_time_id", "usage_event_pkey"]
     assert raw_rows() == before
     assert rows_per_partition() == {"usage_event_201903": 2, "usage_event_default": 1}
     # Another organization's event with an id and time already stored is counted; a repeat is not.
@@ -301,6 +301,44 @@ def test_the_per_organization_key_migration_keeps_the_rows_of_every_partition(te
         [raw_event(globex, shared, in_march, 8), raw_event(acme, shared, in_march, 16)]
     ) == {(globex.organization_id, shared)}
     assert raw_rows() == sorted([*before, (globex.organization_id, shared, in_march, 8)])
+
+
+BEFORE_REQUEST_LOG = ("usage", "0003_usage_event_unique_per_organization")
+
+
+def partition_indexes() -> dict[str, list[str]]:
+    """The index definitions of each partition, by partition, without their names."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE tablename LIKE 'usage_event_%' ORDER BY 1, 2"
+        )
+        indexes: dict[str, list[str]] = {}
+        for table, definition in cursor.fetchall():
+            indexes.setdefault(table, []).append(definition.partition(" USING ")[2])
+        return {table: sorted(definitions) for table, definitions in indexes.items()}
+
+
+def test_the_request_log_migration_reads_old_rows_as_served_and_indexes_every_partition(tenant):
+    key = tenant.key()
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate([BEFORE_REQUEST_LOG])
+    partition_create(date(2019, 3, 1))
+    event_id = uuid.uuid4()
+    insert_under_the_old_key(raw_event(key, event_id, datetime(2019, 3, 14, 15, 9, tzinfo=UTC), 5))
+
+    executor.loader.build_graph()
+    executor.migrate(latest)
+
+    assert UsageEvent.unscoped.values_list("event_id", "refusal").get() == (event_id, "")
+    expected = [
+        "btree (organization_id, event_id, occurred_at)",
+        "btree (organization_id, key_id, occurred_at, event_id)",
+        "btree (organization_id, occurred_at, event_id)",
+    ]
+    indexes = partition_indexes()
+    assert indexes["usage_event_201903"] == expected
+    assert indexes["usage_event_default"] == expected
 
 
 def test_a_partition_created_later_takes_the_per_organization_key_with_the_rows_it_moves(

@@ -159,6 +159,7 @@ def counted(requests: int, input_tokens: int, output_tokens: int) -> dict[str, i
     return {
         "requests": requests,
         "errors": 0,
+        "refusals": 0,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "cached_tokens": 0,
@@ -553,6 +554,7 @@ def test_usage_totals_are_the_exact_sums_of_the_window(tenant, usage):
     assert body["totals"] == {
         "requests": 6,
         "errors": 1,
+        "refusals": 0,
         "input_tokens": 134,
         "output_tokens": 42,
         "cached_tokens": 1,
@@ -626,6 +628,7 @@ def test_another_organizations_usage_never_appears(tenant, other_tenant, usage):
             "key_name": "foreign",
             "requests": 1,
             "errors": 0,
+            "refusals": 0,
             "input_tokens": 50000,
             "output_tokens": 50000,
             "cached_tokens": 0,
@@ -710,12 +713,12 @@ def test_usage_csv_cells_beginning_like_a_formula_are_prefixed_with_a_quote(tena
 
     assert response.status_code == 200
     assert response.content.decode() == (
-        "period,model,key_id,key_name,requests,errors,input_tokens,output_tokens,cached_tokens,"
+        "period,model,key_id,key_name,requests,errors,refusals,input_tokens,output_tokens,cached_tokens,"
         "estimated_requests,cost_minor,currency\r\n"
         f"2026-12-31T01:00:00+00:00,'@SUM(A1:A9),{evil.public_id},"
-        '"\'=HYPERLINK(""http://evil"",""x"")",1,0,10,20,0,0,0,usd\r\n'
-        f"2026-12-31T02:00:00+00:00,'-x,{plain.public_id},build,1,1,7,3,0,0,0,usd\r\n"
-        f"2026-12-31T03:00:00+00:00,mock-a,{plain.public_id},build,1,0,1,2,0,0,0,usd\r\n"
+        '"\'=HYPERLINK(""http://evil"",""x"")",1,0,0,10,20,0,0,0,usd\r\n'
+        f"2026-12-31T02:00:00+00:00,'-x,{plain.public_id},build,1,1,0,7,3,0,0,0,usd\r\n"
+        f"2026-12-31T03:00:00+00:00,mock-a,{plain.public_id},build,1,0,0,1,2,0,0,0,usd\r\n"
     )
 
 
@@ -733,7 +736,7 @@ def test_usage_csv_writes_numbers_as_numbers_even_when_negative():
     response = usage_csv_response([row], group_by=("model",))
 
     assert response.content.decode() == (
-        "period,model,requests,errors,input_tokens,output_tokens,cached_tokens,estimated_requests,"
+        "period,model,requests,errors,refusals,input_tokens,output_tokens,cached_tokens,estimated_requests,"
         "cost_minor,currency\r\n"
-        "2026-12-31T00:00:00+00:00,'@m,-3,-1.50,0,0,0,0,-7,usd\r\n"
+        "2026-12-31T00:00:00+00:00,'@m,-3,-1.50,0,0,0,0,0,-7,usd\r\n"
     )
