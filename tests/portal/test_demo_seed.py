@@ -219,6 +219,8 @@ def test_seed_gives_weeks_of_usage_over_several_keys_and_models_and_recent_raw_e
     first_hour = datetime.combine(add_months(month_start(frozen_now.date()), -1), time.min, tzinfo=UTC)
     assert rollups.order_by("hour").values_list("hour", flat=True)[0] == first_hour
     assert rollups.filter(errors__gt=0).exists()
+    # The weeks seeded as rollups only count their refusals too.
+    assert rollups.filter(hour__lt=first_hour + timedelta(days=7), refusals__gt=0).exists()
     # The last days are raw events, up to now, as the edge reports them and the ingestion stores them.
     raw_from = datetime.combine(frozen_now.date() - timedelta(days=RAW_EVENT_DAYS - 1), time.min, tzinfo=UTC)
     events = UsageEvent.unscoped.filter(organization=organization)
@@ -226,7 +228,9 @@ def test_seed_gives_weeks_of_usage_over_several_keys_and_models_and_recent_raw_e
     assert events.order_by("occurred_at").values_list("occurred_at", flat=True)[0] >= raw_from
     assert events.order_by("-occurred_at").values_list("occurred_at", flat=True)[0] <= frozen_now
     statuses = set(events.values_list("status", flat=True))
-    assert {200, 402, 403, 429} <= statuses
+    assert {200, 403, 429} <= statuses
+    refusals = set(events.exclude(refusal="").values_list("status", "refusal"))
+    assert refusals == {(429, "rate_limit_rpm"), (429, "budget_exceeded"), (403, "model_not_allowed")}
     assert statuses & {502, 504}
     assert not events.filter(status__gte=400).exclude(input_tokens=0, output_tokens=0).exists()
     assert not events.filter(status=200, latency_ms__isnull=True).exists()
@@ -238,6 +242,7 @@ def test_seed_gives_weeks_of_usage_over_several_keys_and_models_and_recent_raw_e
         .annotate(
             requests=Count("event_id"),
             errors=Count("event_id", filter=Q(status__gte=400)),
+            refusals=Count("event_id", filter=~Q(refusal="")),
             tokens=Sum("input_tokens"),
         )
     }
@@ -248,6 +253,7 @@ def test_seed_gives_weeks_of_usage_over_several_keys_and_models_and_recent_raw_e
             "hour": row.hour,
             "requests": row.requests,
             "errors": row.errors,
+            "refusals": row.refusals,
             "tokens": row.input_tokens,
         }
         for row in rollups.filter(hour__gte=raw_from)

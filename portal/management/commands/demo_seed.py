@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from edge.events import SCHEMA_VERSION
+from edge.events import REFUSAL_REASONS, SCHEMA_VERSION
 from edge.records import Price
 from portal import services
 from portal.audit import Actor
@@ -179,7 +179,7 @@ class Traffic:
 
 
 UPSTREAM_FAILURES = ((502, "upstream_unavailable", 0.004), (504, "upstream_timeout", 0.003))
-RATE_LIMITED = (429, "rate_limit_exceeded", 0.04)
+RATE_LIMITED = (429, "rate_limit_rpm", 0.04)
 
 # The demo's keys besides the one whose secret is printed: (name, settings, traffic).
 DEMO_KEYS = (
@@ -215,7 +215,7 @@ DEMO_KEYS = (
                 0,
                 1_600,
                 9_000,
-                (*UPSTREAM_FAILURES, RATE_LIMITED, (402, "insufficient_quota", 0.1)),
+                (*UPSTREAM_FAILURES, RATE_LIMITED, (429, "budget_exceeded", 0.1)),
             ),
         ),
     ),
@@ -255,7 +255,7 @@ class Request(NamedTuple):
 
     ended: datetime
     status: int
-    reason: str  # the edge's error code when the call failed or was refused
+    reason: str  # why the call failed or was refused: a refusal reason, or the edge's error code
     input_tokens: int
     cached_tokens: int
     output_tokens: int
@@ -330,9 +330,8 @@ def _edge_event(*, key, traffic: Traffic, request: Request) -> dict:
         "started_at_ms": int(ended_ms - request.latency_ms),
         "ended_at_ms": ended_ms,
     }
-    if request.reason:
-        # Beyond schema v1's fields: why the edge failed or refused the request (its error code).
-        event["reason"] = request.reason
+    if request.reason in REFUSAL_REASONS:
+        event["refusal"] = request.reason
     return event
 
 
@@ -385,6 +384,7 @@ def _rollup_of(*, key, model: str, hour: datetime, requests: list[Request]):
         billed_period=month_start(hour.date()),
         requests=len(requests),
         errors=sum(1 for request in requests if request.status >= 400),
+        refusals=sum(1 for request in requests if request.reason in REFUSAL_REASONS),
         input_tokens=sum(request.input_tokens for request in requests),
         output_tokens=sum(request.output_tokens for request in requests),
         cached_tokens=sum(request.cached_tokens for request in requests),
