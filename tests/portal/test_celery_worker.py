@@ -49,8 +49,11 @@ def worker(tmp_path, settings):
         "DJANGO_SETTINGS_MODULE": "portal.settings",
     }
     env.pop("SENTRY_DSN", None)
-    settings.CELERY_TASK_ALWAYS_EAGER = False
+    # Read before the setting changes: the app loads its configuration from the settings lazily,
+    # so a first read after the change would remember False and leave later tests without eager
+    # tasks (and without their emails).
     was_eager = celery_app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = False
     celery_app.conf.task_always_eager = False
     with log_path.open("wb") as log:
         process = subprocess.Popen(
