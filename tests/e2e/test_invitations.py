@@ -88,7 +88,7 @@ def test_owner_invites_developer_who_signs_up_and_joins(new_context, live_server
     # The refusal keeps the organization's navigation: the developer's pages, Settings not among them.
     expect(invitee.locator("#org-switcher summary")).to_have_text("Acme AI")
     expect(invitee.locator("aside.sidenav a")).to_have_text(
-        ["Dashboard", "API keys", "Service accounts", "Usage", "Members"]
+        ["Dashboard", "API keys", "Service accounts", "Usage", "Requests", "Members"]
     )
     expect(invitee.locator('aside.sidenav a[aria-current="page"]')).to_have_count(0)
 

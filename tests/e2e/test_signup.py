@@ -16,6 +16,7 @@ SIDEBAR = [
     "API keys",
     "Service accounts",
     "Usage",
+    "Requests",
     "Billing",
     "Members",
     "Audit log",
