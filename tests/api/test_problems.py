@@ -77,6 +77,7 @@ def test_csv_usage_asked_by_accept_header_answers_csv_and_its_errors_json(world)
         "period",
         "requests",
         "errors",
+        "refusals",
         "input_tokens",
         "output_tokens",
         "cached_tokens",

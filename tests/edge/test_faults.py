@@ -86,10 +86,16 @@ def test_a_burst_on_a_cold_edge_charges_every_served_request_and_holds_the_budge
     assert statuses == [200] * 100 + [429] * 200
     for refused in (r for r in responses if r.status_code == 429):
         assert refused.json()["error"]["code"] == "insufficient_quota"
-    served = wait_until(lambda: len(found := events(redis_client)) >= 100 and found, 10, "100 events")
+    # The 200 refusals have events too: no tokens, no cost, the reason.
+    wait_until(lambda: len(events(redis_client)) >= 300, 10, "300 events")
     time.sleep(0.3)
-    served = events(redis_client)
+    published = events(redis_client)
+    assert len(published) == 300
+    served = [e for e in published if "refusal" not in e]
     assert len(served) == 100
+    assert {(e["refusal"], e["status"], e["cost_micro_minor"]) for e in published if "refusal" in e} == {
+        ("budget_exceeded", 429, 0)
+    }
     assert [e["cost_micro_minor"] for e in served] == [RESERVATION] * 100
     assert {e["request_id"] for e in served} == {
         r.headers["x-request-id"] for r in responses if r.status_code == 200
