@@ -2,8 +2,9 @@
 // the JSON that the page embeds in <script id="id" type="application/json"> (json_script).
 // Kinds: "requests" and "tokens" (stacked by model), "cost" (stacked by model, amounts in the
 // currency's minor unit, shown in its major unit as the server's money filter writes them: "12.34 USD"),
-// "overview" (requests by model and all tokens per day). Each model comes with its colour (usage/colors.py), the same on every page; an element
-// with data-color (a legend swatch) is painted with it.
+// "overview" (requests by model and all tokens per day), "errors" (refusals and other errors stacked,
+// each in its fixed colour). Each model comes with its colour (usage/colors.py), the same on every
+// page; an element with data-color (a legend swatch) is painted with it.
 "use strict";
 
 (() => {
@@ -102,6 +103,21 @@
           })),
         },
         options,
+      };
+    },
+
+    errors(data) {
+      return {
+        type: "bar",
+        data: {
+          labels: data.labels,
+          datasets: data.series.map((series) => ({
+            label: series.label,
+            data: series.counts,
+            backgroundColor: series.color,
+          })),
+        },
+        options: baseOptions(),
       };
     },
 

@@ -23,3 +23,8 @@ def model_color(model: str) -> str:
     """Return the model's colour, chosen by a hash of its name: stable across pages, processes and
     releases (``hash()`` is salted per process, CRC-32 is not)."""
     return PALETTE[zlib.crc32(model.encode()) % len(PALETTE)]
+
+
+# The errors chart's two series, apart from every colour of the palette so that neither reads as a model.
+REFUSALS_COLOR = "#7c3aed"
+OTHER_ERRORS_COLOR = "#991b1b"

@@ -28,7 +28,7 @@ from portal.console import OrganizationMixin
 from portal.errors import DomainError
 from portal.roles import Perm
 from usage import requestlog, selectors
-from usage.colors import model_color
+from usage.colors import OTHER_ERRORS_COLOR, REFUSALS_COLOR, model_color
 from usage.export import usage_csv_response, usage_rows
 from usage.partitions import month_start
 
@@ -93,6 +93,10 @@ class UsageWindow:
         step = timedelta(hours=1) if self.granularity == "hour" else timedelta(days=1)
         count = (self.end - self.start) // step
         return [self.start + step * position for position in range(count)]
+
+    def positions(self) -> dict[datetime, int]:
+        """Map each bucket's start to its place in ``periods``: where a row read by period goes."""
+        return {period: position for position, period in enumerate(self.periods())}
 
     def query(self) -> dict[str, str]:
         """Return the URL parameters that select this window again."""
@@ -165,7 +169,7 @@ def usage_chart(*, organization, window: UsageWindow, key_id: int | None = None)
     ``periods``.
     """
     periods = window.periods()
-    index = {period: position for position, period in enumerate(periods)}
+    index = window.positions()
     by_model: dict[str, dict[str, list[int]]] = {}
     for row in selectors.usage_series(
         organization=organization,
@@ -238,7 +242,7 @@ def usage_cost_chart(
         )
     except DomainError:
         return None
-    index = {period: position for position, period in enumerate(window.periods())}
+    index = window.positions()
     by_model = {series["model"]: [0] * len(index) for series in chart["models"]}
     for (period, model), amount in costs.by_group.items():
         by_model[model][index[period]] = amount
@@ -249,6 +253,41 @@ def usage_cost_chart(
         "models": [
             {"model": series["model"], "color": series["color"], "cost_minor": by_model[series["model"]]}
             for series in chart["models"]
+        ],
+    }
+
+
+def usage_errors_chart(*, organization, window: UsageWindow, chart: dict, key_id: int | None = None) -> dict:
+    """Return the refused requests and the other errors for every period of the window, zero-filled,
+    on the chart's labels.
+
+    Refusals are the edge's answers to a known key (401, 402, 403, 429 with a reason); the other
+    errors are every other answer of 400 or more (an upstream's 4xx or 5xx, 499 when the client went
+    away), so the two add up to the rollups' ``errors``. The shape is what ``static/usage.js`` draws
+    as ``errors``: ``labels`` and two ``series``, each with its label, its fixed colour and
+    ``counts`` aligned with the labels.
+    """
+    index = window.positions()
+    refusals, other_errors = [0] * len(index), [0] * len(index)
+    for row in selectors.usage_series(
+        organization=organization,
+        start=window.start,
+        end=window.end,
+        granularity=window.granularity,
+        key_id=key_id,
+    ):
+        refusals[index[row["period"]]] = row["refusals"]
+        other_errors[index[row["period"]]] = row["errors"] - row["refusals"]
+    return {
+        "labels": chart["labels"],
+        "series": [
+            {"name": "refusals", "label": "Refused", "color": REFUSALS_COLOR, "counts": refusals},
+            {
+                "name": "other_errors",
+                "label": "Other errors",
+                "color": OTHER_ERRORS_COLOR,
+                "counts": other_errors,
+            },
         ],
     }
 
@@ -324,14 +363,13 @@ class UsageView(OrganizationMixin, TemplateView):
             )
             return self.render_to_response(context, status=400)
         window, key = form.cleaned_data["window"], form.cleaned_data["api_key"]
-        summary = usage_summary(
-            organization=self.organization, window=window, key_id=key.pk if key else None, top=TOP_KEYS
-        )
+        key_id = key.pk if key else None
+        summary = usage_summary(organization=self.organization, window=window, key_id=key_id, top=TOP_KEYS)
         by_model = usage_by_model(
             organization=self.organization,
             window=window,
             chart=summary["chart"],
-            key_id=key.pk if key else None,
+            key_id=key_id,
         )
         for row in summary["top_keys"]:
             row["url"] = "?" + urlencode({**window.query(), "key": row["key_public_id"]})
@@ -358,7 +396,13 @@ class UsageView(OrganizationMixin, TemplateView):
                 organization=self.organization,
                 window=window,
                 chart=summary["chart"],
-                key_id=key.pk if key else None,
+                key_id=key_id,
+            ),
+            errors_chart=usage_errors_chart(
+                organization=self.organization,
+                window=window,
+                chart=summary["chart"],
+                key_id=key_id,
             ),
             **summary,
         )

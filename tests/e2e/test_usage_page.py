@@ -13,6 +13,7 @@ from keys import services as key_services
 from portal.audit import Actor
 from tests.e2e.conftest import log_in
 from tests.factories import make_org, make_user
+from usage.colors import OTHER_ERRORS_COLOR, REFUSALS_COLOR
 from usage.models import UsageRollup
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -169,6 +170,41 @@ def test_usage_page_draws_charts_narrows_range_and_key_and_downloads_csv(page, l
     expect(page.locator('[data-total="requests"]')).to_have_text("21")
     _wait_for_chart(page, "chart-requests")
     assert page.evaluate("Chart.getChart(document.getElementById('chart-requests')).data.labels.length") == 41
+
+
+def test_usage_page_draws_refusals_and_other_errors_per_hour_without_a_console_error(page, live_server, acme):
+    organization, keys = acme
+    # In the hour in progress the edge refused 2 of Search backend's 5 requests; the hour before,
+    # 3 of Batch jobs' 7 answers were errors, 1 of them a refusal.
+    UsageRollup.unscoped.filter(key=keys["Search backend"]).update(errors=2, refusals=2)
+    UsageRollup.unscoped.filter(key=keys["Batch jobs"], model=QWEN).update(errors=3, refusals=1)
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    base = live_server.url
+    log_in(page, base, "owner@example.com")
+    page.goto(f"{base}/o/{organization.slug}/usage/?range=24h")
+    expect(page.get_by_role("heading", name="Errors and refusals")).to_be_visible()
+    _wait_for_chart(page, "chart-errors")
+    canvas = page.locator("#chart-errors")
+    expect(canvas).to_be_visible()
+    box = canvas.bounding_box()
+    assert box["width"] > 0 and box["height"] > 0
+    assert page.evaluate(DATASETS, "chart-errors") == ["Refused", "Other errors"]
+    assert page.evaluate(LABELS, "chart-errors") == page.evaluate(LABELS, "chart-requests")
+    drawn = page.evaluate(
+        """(id) => Chart.getChart(document.getElementById(id)).data.datasets
+          .map((d) => [d.backgroundColor, d.data])""",
+        "chart-errors",
+    )
+    assert drawn == [
+        [REFUSALS_COLOR, [0] * 22 + [1, 2]],
+        [OTHER_ERRORS_COLOR, [0] * 22 + [2, 0]],
+    ]
+    _assert_whole_ticks(page, "chart-errors")
+    expect(page.locator('[data-total="errors"]')).to_have_text("5")
+    expect(page.locator('[data-total="refusals"]')).to_have_text("3")
+    assert problems == []
 
 
 def test_bad_dates_show_the_reason_in_the_page(page, live_server, acme):

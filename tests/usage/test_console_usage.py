@@ -24,6 +24,7 @@ from portal.audit import Actor
 from portal.models import Organization
 from portal.roles import ROLE_PERMISSIONS, Perm, Role
 from tests.factories import add_member, make_org, make_user
+from usage.colors import OTHER_ERRORS_COLOR, PALETTE, REFUSALS_COLOR
 from usage.models import UsageRollup
 
 pytestmark = pytest.mark.django_db
@@ -335,6 +336,70 @@ def test_up_to_48_hours_are_charted_by_hour_and_longer_ranges_by_whole_day(
     assert _top_keys(response.context) == _expected_top_keys(acme.rows, start, end)
 
 
+def _errors_series(chart: dict) -> list[tuple]:
+    return [
+        (series["name"], series["label"], series["color"], series["counts"]) for series in chart["series"]
+    ]
+
+
+def _expected_errors(rows, periods: list[str], granularity: str) -> tuple[list[int], list[int]]:
+    """Sum the seeded rows' refusals and other errors (errors less refusals) per period."""
+    refusals, other_errors = [0] * len(periods), [0] * len(periods)
+    for row in rows:
+        period = _period(row.hour, granularity).isoformat()
+        if period in periods:
+            refusals[periods.index(period)] += row.refusals
+            other_errors[periods.index(period)] += row.errors - row.refusals
+    return refusals, other_errors
+
+
+@pytest.mark.parametrize(
+    ("query", "key_name", "refusals", "other_errors"),
+    [
+        # By day: today's hour in progress (1 refusal) and last hour (2 errors, 1 a refusal), and
+        # three days ago 1 upstream error; the other organization's 10 refusals nowhere.
+        ("range=7d", None, [0, 0, 0, 0, 0, 0, 2], [0, 0, 0, 1, 0, 0, 1]),
+        # By hour: the two hours apart, the 24 hours zero-filled.
+        ("range=24h", None, [0] * 22 + [1, 1], [0] * 22 + [1, 0]),
+        ("range=7d", "Batch jobs", [0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0, 1]),
+        ("range=30d", "Search backend", [0] * 29 + [1], [0] * 30),
+    ],
+)
+def test_errors_chart_splits_refusals_from_other_errors_in_the_charts_buckets(
+    client, acme, other, query, key_name, refusals, other_errors
+):
+    client.force_login(acme.owner)
+    if key_name:
+        query += f"&key={acme.keys[key_name].public_id}"
+    response = client.get(f"{_url(acme.organization)}?{query}")
+    assert response.status_code == 200
+    chart = _chart(response.content)
+    errors = _chart(response.content, "usage-errors-chart")
+    assert errors == {
+        "labels": chart["labels"],
+        "series": [
+            {"name": "refusals", "label": "Refused", "color": REFUSALS_COLOR, "counts": refusals},
+            {
+                "name": "other_errors",
+                "label": "Other errors",
+                "color": OTHER_ERRORS_COLOR,
+                "counts": other_errors,
+            },
+        ],
+    }
+    rows = [row for row in acme.rows if key_name is None or row.key.name == key_name]
+    assert (refusals, other_errors) == _expected_errors(rows, chart["periods"], chart["granularity"])
+    # The two add up to the Errors total; neither colour is a model's.
+    assert sum(refusals) + sum(other_errors) == response.context["totals"]["errors"]
+    assert sum(refusals) == response.context["totals"]["refusals"]
+    assert {REFUSALS_COLOR, OTHER_ERRORS_COLOR}.isdisjoint(PALETTE)
+    assert REFUSALS_COLOR != OTHER_ERRORS_COLOR
+    assert (
+        '<canvas id="chart-errors" data-chart="errors" data-source="usage-errors-chart"'
+        in response.content.decode()
+    )
+
+
 def test_dates_over_months_are_charted_by_day(client, acme, other):
     client.force_login(acme.owner)
     response = client.get(f"{_url(acme.organization)}?start=2026-01-01&end=2026-03-10")
@@ -532,11 +597,12 @@ def test_dashboard_shows_the_last_seven_days_by_day_and_the_top_five_keys(client
     assert chart["labels"] == [f"2026-03-{day:02d}" for day in range(4, 11)]
     assert _chart_cells(chart) == _expected_chart(rows, start, end, "day")
     usage = response.context["usage"]
-    assert {metric: usage["totals"][metric] for metric in ("requests", "input_tokens", "output_tokens")} == {
-        metric: value
-        for metric, value in _expected_totals(rows, start, end).items()
-        if metric in ("requests", "input_tokens", "output_tokens")
-    }
+    totals = _expected_totals(rows, start, end)
+    assert {metric: usage["totals"][metric] for metric in totals} == totals
+    # The week's errors and refusals next to its requests.
+    assert (totals["requests"], totals["errors"], totals["refusals"]) == (120, 4, 2)
+    for metric in ("requests", "errors", "refusals"):
+        assert _total_in_page(response.content, metric) == f"{totals[metric]:,}"
     top = _expected_top_keys(rows, start, end)
     assert len(top) == 6
     assert [row[:3] for row in _top_keys(usage)] == [row[:3] for row in top[:5]]

@@ -28,7 +28,7 @@ def tenant():
     return organization, owner, key
 
 
-def _use(tenant, hour: datetime, requests: int) -> None:
+def _use(tenant, hour: datetime, requests: int, *, errors: int = 0, refusals: int = 0) -> None:
     organization, _owner, key = tenant
     UsageRollup.unscoped.create(
         organization=organization,
@@ -37,6 +37,8 @@ def _use(tenant, hour: datetime, requests: int) -> None:
         hour=hour,
         billed_period=hour.date().replace(day=1),
         requests=requests,
+        errors=errors,
+        refusals=refusals,
         input_tokens=100 * requests,
         output_tokens=10 * requests,
     )
@@ -45,7 +47,7 @@ def _use(tenant, hour: datetime, requests: int) -> None:
 def _chart(client, tenant, element_id="usage-chart", **query) -> dict:
     organization, owner, _key = tenant
     client.force_login(owner)
-    name = "org-usage" if element_id == "usage-chart" else "org-dashboard"
+    name = "org-dashboard" if element_id.startswith("dashboard-") else "org-usage"
     response = client.get(reverse(name, args=[organization.slug]), query)
     assert response.status_code == 200
     match = re.search(
@@ -107,6 +109,26 @@ def test_two_days_over_a_month_end_are_48_hours_and_three_are_days(client, tenan
     assert daily["granularity"] == "day"
     assert daily["labels"] == ["2026-02-27", "2026-02-28", "2026-03-01"]
     assert daily["models"][0]["requests"] == [0, 4, 1]
+
+
+def test_errors_and_refusals_are_on_the_same_buckets_over_a_month_end(client, tenant):
+    with time_machine.travel(datetime(2026, 3, 5, 12, tzinfo=UTC), tick=False):
+        # A 429 and two upstream 502s before midnight, a 401 and a 499 after it.
+        _use(tenant, datetime(2026, 2, 28, 23, tzinfo=UTC), 4, errors=3, refusals=1)
+        _use(tenant, datetime(2026, 3, 1, 0, tzinfo=UTC), 5, errors=2, refusals=1)
+        hourly = _chart(client, tenant, "usage-errors-chart", start="2026-02-28", end="2026-03-01")
+        daily = _chart(client, tenant, "usage-errors-chart", start="2026-02-27", end="2026-03-01")
+    assert len(hourly["labels"]) == 48
+    assert hourly["labels"][23:25] == ["2026-02-28 23:00", "2026-03-01 00:00"]
+    assert [series["counts"] for series in hourly["series"]] == [
+        [0] * 23 + [1, 1] + [0] * 23,
+        [0] * 23 + [2, 1] + [0] * 23,
+    ]
+    assert daily["labels"] == ["2026-02-27", "2026-02-28", "2026-03-01"]
+    assert [(series["name"], series["counts"]) for series in daily["series"]] == [
+        ("refusals", [0, 1, 1]),
+        ("other_errors", [0, 2, 1]),
+    ]
 
 
 def test_at_the_clock_the_week_ends_today_and_the_day_with_the_hour_in_progress(client, tenant, frozen_now):
