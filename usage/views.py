@@ -262,10 +262,10 @@ def usage_errors_chart(*, organization, window: UsageWindow, chart: dict, key_id
     on the chart's labels.
 
     Refusals are the edge's answers to a known key (401, 402, 403, 429 with a reason); the other
-    errors are every other answer of 400 or more (an upstream's 4xx or 5xx, 499 when the client went
-    away), so the two add up to the rollups' ``errors``. The shape is what ``static/usage.js`` draws
-    as ``errors``: ``labels`` and two ``series``, each with its label, its fixed colour and
-    ``counts`` aligned with the labels.
+    errors are every other answer of 400 or more (an upstream's 4xx or 5xx, the edge's 502 or
+    504, 499 when the client went away), so the two add up to the rollups' ``errors``. The shape
+    is what ``static/usage.js`` draws as ``errors``: ``labels`` and two ``series``, each with its
+    label, its fixed colour and ``counts`` aligned with the labels.
     """
     index = window.positions()
     refusals, other_errors = [0] * len(index), [0] * len(index)
