@@ -57,7 +57,7 @@ ORPHAN_CHECK_SECONDS = 1.0
 class Edge:
     def __init__(self, config: EdgeConfig):
         self.config = config
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(config.routes)
         self.upstreams = UpstreamClient(keepalive_seconds=60)
         self.catalogue = Catalogue(config, self.upstreams)
         self.access_log = AccessLog(enabled=config.access_log)

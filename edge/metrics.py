@@ -48,6 +48,13 @@ SPOOLED = Counter("tollgate_edge_spooled_events_total", "Usage events written to
 SPOOL_PENDING = Gauge("tollgate_edge_spool_pending", "Usage events in the spool", multiprocess_mode="livesum")
 PUBLISH_FAILURES = Counter("tollgate_edge_publish_failures_total", "Failed usage publications to Redis")
 UPSTREAM_FAILOVERS = Counter("tollgate_edge_upstream_failovers_total", "Requests retried on another upstream")
+UPSTREAM_ERRORS = Counter(
+    "tollgate_edge_upstream_errors_total",
+    "Failed exchanges with an upstream, by its configured URL and the kind of failure",
+    ["upstream", "kind"],
+)
+# Each kind is the ``kind`` of an edge.upstream error, or an answer with a 5xx status.
+UPSTREAM_ERROR_KINDS = ("connect", "connect_timeout", "read_timeout", "disconnect", "status_5xx")
 
 ADMISSION_ERRORS = Counter(
     "tollgate_edge_admission_errors_total", "Admissions that could not run, by cause", ["cause"]
@@ -56,6 +63,22 @@ JOURNAL_FAILURES = Counter("tollgate_edge_journal_failures_total", "Journal writ
 UNCHECKED = Counter(
     "tollgate_edge_unchecked_admissions_total", "Requests served without limits while Redis was unreachable"
 )
+
+
+class UpstreamErrors:
+    """The error counters of the configured upstreams, made once at start.
+
+    Making a series exports it at zero, so each configured upstream is on /metrics before its
+    first failure; the label values come from the configuration only, never from a request.
+    """
+
+    def __init__(self, urls):
+        self._series = {
+            (url, kind): UPSTREAM_ERRORS.labels(url, kind) for url in urls for kind in UPSTREAM_ERROR_KINDS
+        }
+
+    def count(self, url: str, kind: str) -> None:
+        self._series[url, kind].inc()
 
 
 def render() -> bytes:

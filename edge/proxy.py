@@ -9,7 +9,7 @@ is never lost to a crash of the edge (see edge/publication.py).
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import orjson
 
@@ -48,10 +48,14 @@ NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"server", 
 
 
 class UpstreamPool:
-    """Least in-flight requests per unit of weight; ties broken at random."""
+    """Least in-flight requests per unit of weight; ties broken at random. Counts each
+    upstream's failures in series made at start, so a request that succeeds touches none."""
 
-    def __init__(self):
+    def __init__(self, routes: Iterable[Route]):
         self.inflight: dict[str, int] = {}
+        self.errors = metrics.UpstreamErrors(
+            {upstream.url for route in routes for upstream in route.upstreams}
+        )
 
     def order(self, route: Route) -> tuple[Upstream, ...] | list[Upstream]:
         if len(route.upstreams) == 1:
@@ -174,6 +178,7 @@ class Exchange:
                 raise
             except (ConnectTimeout, ReadTimeout) as exc:
                 self.pool.give_back(upstream.url)
+                self.pool.errors.count(upstream.url, exc.kind)
                 last_error = EdgeError(
                     504,
                     "The model server did not answer in time.",
@@ -184,8 +189,9 @@ class Exchange:
                     # The upstream has the request and may be generating: another would run it twice.
                     break
                 continue
-            except UpstreamError:
+            except UpstreamError as exc:
                 self.pool.give_back(upstream.url)
+                self.pool.errors.count(upstream.url, exc.kind)
                 last_error = EdgeError(
                     502,
                     "The model server could not be reached.",
@@ -193,10 +199,13 @@ class Exchange:
                     code="upstream_unavailable",
                 )
                 continue
-            if response.status in (502, 503) and attempt < len(candidates) - 1:
-                response.release()
-                self.pool.give_back(upstream.url)
-                continue
+            # Any other answer costs this one comparison: the counters are touched on failure only.
+            if response.status >= 500:
+                self.pool.errors.count(upstream.url, "status_5xx")
+                if response.status in (502, 503) and attempt < len(candidates) - 1:
+                    response.release()
+                    self.pool.give_back(upstream.url)
+                    continue
             return response
         raise last_error
 
@@ -209,6 +218,7 @@ class Exchange:
             try:
                 data = await response.read()
             except UpstreamError as exc:
+                self.pool.errors.count(self.upstream_url, exc.kind)
                 # Nothing has gone to the client yet: say what happened instead of a torn answer.
                 timed_out = isinstance(exc, ReadTimeout)
                 raise EdgeError(
@@ -235,8 +245,9 @@ class Exchange:
                 out = sse.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-        except UpstreamError:
-            pass  # the upstream broke off or went quiet mid-stream: end the client's stream; meter what came
+        except UpstreamError as exc:
+            # The upstream broke off or went quiet mid-stream: end the client's stream; meter what came.
+            self.pool.errors.count(self.upstream_url, exc.kind)
         finally:
             self.usage = sse.usage  # also when the client left mid-stream
         rest = sse.flush()  # the stream's end ([DONE]) is held back until now

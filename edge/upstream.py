@@ -23,23 +23,33 @@ import httptools
 
 
 class UpstreamError(Exception):
-    """The exchange with an upstream failed."""
+    """The exchange with an upstream failed; ``kind`` labels it in the edge's metrics."""
+
+    kind: str  # each subclass names its own; only subclasses are raised
 
 
 class ConnectFailed(UpstreamError):
     """No connection could be made; the request was not sent."""
 
+    kind = "connect"
+
 
 class ConnectTimeout(ConnectFailed, TimeoutError):
     """Connecting took longer than the upstream's connect timeout; the request was not sent."""
+
+    kind = "connect_timeout"
 
 
 class Disconnected(UpstreamError):
     """The upstream closed the connection or sent something that is not HTTP/1.1."""
 
+    kind = "disconnect"
+
 
 class ReadTimeout(UpstreamError, TimeoutError):
     """The upstream sent nothing for longer than its read timeout."""
+
+    kind = "read_timeout"
 
 
 # A slow client must not make the edge hold a whole answer: stop reading the upstream above this.

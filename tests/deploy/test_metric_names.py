@@ -22,6 +22,7 @@ import yaml
 from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.metrics import UPSTREAM_ERROR_KINDS
 from edge.records import SYNCED_KEY
 from keys import services as key_services
 from portal.audit import Actor
@@ -141,6 +142,17 @@ def exported(url: str) -> set[str]:
     return names
 
 
+def upstream_errors(url: str) -> dict[tuple[str, str], float]:
+    """Return the edge's upstream error counters by (upstream, kind)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        (sample.labels["upstream"], sample.labels["kind"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tollgate_edge_upstream_errors_total"
+    }
+
+
 def named_in_monitoring() -> tuple[set[str], set[str]]:
     """Return the metric names the dashboards and rules query, and the recording rules they define."""
     expressions = [
@@ -196,7 +208,12 @@ def test_every_metric_in_the_dashboards_and_alert_rules_is_exported_by_a_running
     everything = set().union(*by_process.values())
     names, recorded = named_in_monitoring()
 
-    assert {"tollgate_edge_requests_total", "tollgate_ingest_lag_seconds", "up"} <= names
+    assert {
+        "tollgate_edge_requests_total",
+        "tollgate_edge_upstream_errors_total",
+        "tollgate_ingest_lag_seconds",
+        "up",
+    } <= names
     missing = sorted(
         name
         for name in names
@@ -212,6 +229,10 @@ def test_every_metric_in_the_dashboards_and_alert_rules_is_exported_by_a_running
     assert "tollgate_ingest_lag_seconds" in by_process["ingest"]
     assert "tollgate_billing_reconcile_differences_total" in by_process["worker"]
     assert "tollgate_edge_limit_refusals_total" in by_process["edge"]
+    # No upstream has failed: the edge exports its configured upstream's error series at zero.
+    assert upstream_errors(processes["edge"]) == {
+        (processes["mock"], kind): 0.0 for kind in UPSTREAM_ERROR_KINDS
+    }
 
 
 @pytest.mark.parametrize("process", ["ingest", "worker"])

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,36 @@ class MockUpstream:
 
     def stop(self) -> None:
         stop(self.process)
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]):
+    """Run a threaded HTTP server on a free loopback port for the fixture's lifetime."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.hits = 0
+    server.lock = threading.Lock()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class TornAnswer(BaseHTTPRequestHandler):
+    """Promise 200 bytes of JSON, send 10, and hang up."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "200")
+        self.end_headers()
+        self.wfile.write(b'{"id":"cha')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
 
 
 class EdgeProcess:

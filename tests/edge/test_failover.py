@@ -6,14 +6,13 @@ enough requests that the broken upstream is tried first at least once (the chanc
 never is, over 20 requests, is one in a million) and counts what happened.
 """
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
-from tests.edge.conftest import MockUpstream, free_port
+from tests.edge.conftest import MockUpstream, TornAnswer, free_port, serve_http
 
 pytestmark = pytest.mark.django_db
 
@@ -41,44 +40,14 @@ class _Unavailable(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]):
-    """Run a threaded HTTP server on a free loopback port for the fixture's lifetime."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.hits = 0
-    server.lock = threading.Lock()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture(scope="module")
 def unavailable_upstream():
-    yield from _serve(_Unavailable)
-
-
-class _Torn(BaseHTTPRequestHandler):
-    """Promise 200 bytes of JSON, send 10, and hang up."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "200")
-        self.end_headers()
-        self.wfile.write(b'{"id":"cha')
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, *args):
-        pass
+    yield from serve_http(_Unavailable)
 
 
 @pytest.fixture(scope="module")
 def torn_upstream():
-    yield from _serve(_Torn)
+    yield from serve_http(TornAnswer)
 
 
 @pytest.fixture(scope="module")
