@@ -39,7 +39,7 @@ from portal.roles import Perm
 from portal.selectors import audit_events_list
 from usage.export import usage_rows
 from usage.selectors import METRICS
-from usage.views import UsageWindow, usage_chart
+from usage.views import UsageWindow, usage_chart, usage_cost_chart
 
 KEYS_PER_PAGE = 50
 KEY_USAGE_DAYS = 7
@@ -279,6 +279,9 @@ class KeyDetailView(KeyObjectMixin, ConsolePage):
             spend=_month_to_date_spend(organization=self.organization, keys=[self.key], now=now)[self.key.pk],
             window=window,
             chart=chart,
+            cost_chart=usage_cost_chart(
+                organization=self.organization, window=window, chart=chart, key_id=self.key.pk
+            ),
             daily=_daily_usage(self.key, window=window),
             has_usage=bool(chart["models"]),
             rotations=_rotations(events),

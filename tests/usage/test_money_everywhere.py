@@ -317,6 +317,17 @@ def test_the_key_page_shows_the_same_spend_as_the_key_list(client, acme):
     assert '<strong data-spend-minor="754">7.54 USD</strong>' in html
     assert "of a 10.00 USD monthly budget (75%)" in html
     assert '<progress id="key-budget-bar" value="754" max="1000"' in html
+    # Its last 7 days' cost chart: this key's cost per day and model, as the rating rounds it.
+    chart = _json(html.encode(), "key-cost-chart")
+    days = [NOW.day - offset for offset in range(6, -1, -1)]
+    assert chart["labels"] == [f"2026-11-{day:02d}" for day in days]
+    by_day = _expected(lambda row: (row[0], row[2].day, row[1]))
+    assert {series["model"]: series["cost_minor"] for series in chart["models"]} == {
+        series["model"]: [by_day.get(("Search", day, series["model"]), 0) for day in days]
+        for series in _json(html.encode(), "key-usage-chart")["models"]
+    }
+    assert sum(sum(series["cost_minor"]) for series in chart["models"]) > 0
+    assert '<canvas id="chart-cost" data-chart="cost" data-source="key-cost-chart"' in html
 
 
 def test_the_csv_costs_each_day_model_and_key_as_the_rating_does(client, acme):
