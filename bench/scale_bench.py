@@ -377,8 +377,8 @@ def report(args, command: str, edges: dict, ingest: dict, load_before, load_afte
         "",
         *edge_bench.machine_info(args)[:2],
         f"- Load average before the run {' / '.join(f'{v:.2f}' for v in load_before)}, after "
-        f"{' / '.join(f'{v:.2f}' for v in load_after)}: other engineers' tests share these 2 cores, "
-        "so every figure is a floor, not a ceiling.",
+        f"{' / '.join(f'{v:.2f}' for v in load_after)} (anything else running on the machine "
+        "lowers every rate: compare these before comparing runs).",
         f"- Edge phases: {args.rounds} rounds, {args.warmup} s warm-up + {args.duration} s measured; "
         f"latency at {args.connections} connections paced to {args.rate} req/s in all, throughput at "
         f"{args.high_connections} connections; 1 worker per edge; mock pinned to CPU {args.mock_cpus}, "
